@@ -1,0 +1,1 @@
+"""tandem_operator."""

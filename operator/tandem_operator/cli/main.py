@@ -1,0 +1,304 @@
+"""``tandem-operator``: run the operator, manage the local control plane, install CRDs.
+
+Subcommands:
+
+- ``run [--namespace NS ... | --all-namespaces]``: the operator. With ``$KUBECONFIG`` set
+  (or ``--kubeconfig``) it runs against that cluster. Without one it is the embedded
+  default: it starts the local control plane, installs the CRDs, runs the operator,
+  applies ``examples/`` and prints the runs as they change; Ctrl-C stops everything.
+- ``cluster up|down [--dir D]``: the local kube-apiserver + etcd (see ``devcluster``).
+- ``crds install``: server-side apply of the generated CRDs, then wait until Established.
+- ``crds print``: the generated CRDs as YAML.
+
+This is the edge of the package: it may import every layer below it. Its client is
+pykube-ng (thin, synchronous, fine for a CLI); the operator's own writes go through the
+official client in ``handlers.kubeapi``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pykube
+
+from tandem_operator.api.crdgen import all_crds, render
+from tandem_operator.api.settings import Settings, SettingsError
+from tandem_operator.cli.cluster import add_cluster_parsers, cluster_down, cluster_up
+
+log = logging.getLogger("tandem_operator")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+FIELD_MANAGER = "tandem-operator"
+
+
+def _client(kubeconfig: Path | None) -> pykube.HTTPClient:
+    if kubeconfig is not None:
+        return pykube.HTTPClient(pykube.KubeConfig.from_file(str(kubeconfig)))
+    return pykube.HTTPClient(pykube.KubeConfig.from_env())
+
+
+def install_crds(kubeconfig: Path | None, *, timeout: float = 60) -> list[str]:
+    """Server-side apply every CRD and wait until the API server serves them."""
+    api = _client(kubeconfig)
+    names = []
+    for manifest in all_crds():
+        name = manifest["metadata"]["name"]
+        response = api.patch(
+            version="apiextensions.k8s.io/v1",
+            url=f"customresourcedefinitions/{name}",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"},
+            data=json.dumps(manifest),
+        )
+        api.raise_for_status(response)
+        names.append(name)
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        for name in sorted(pending):
+            response = api.get(
+                version="apiextensions.k8s.io/v1", url=f"customresourcedefinitions/{name}"
+            )
+            api.raise_for_status(response)
+            conditions = (response.json().get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"CRDs not established after {timeout}s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.2)
+    return names
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"tandem-operator: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _cmd_crds_install(args: argparse.Namespace) -> int:
+    for name in install_crds(args.kubeconfig):
+        print(f"customresourcedefinition/{name} applied")
+    return 0
+
+
+def _cmd_crds_print(args: argparse.Namespace) -> int:
+    print("---\n".join(render(m) for m in all_crds()), end="")
+    return 0
+
+
+def _runs_table(api: pykube.HTTPClient) -> str:
+    response = api.get(version="automation.tandem.dev/v1alpha1", url="automationruns")
+    api.raise_for_status(response)
+    rows = [("NAMESPACE", "NAME", "PHASE", "NODES", "DETAIL")]
+    for item in response.json().get("items", []):
+        status = item.get("status") or {}
+        rows.append(
+            (
+                item["metadata"]["namespace"],
+                item["metadata"]["name"],
+                status.get("phase", "-"),
+                status.get("progress", "-"),
+                (status.get("detail") or "")[:70],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    )
+
+
+async def _show_runs(kubeconfig: Path, stop: asyncio.Event) -> None:
+    api = _client(kubeconfig)
+    last = ""
+    while not stop.is_set():
+        try:
+            table = await asyncio.to_thread(_runs_table, api)
+        except Exception as exc:
+            table = f"(could not list runs: {exc})"
+        if table != last:
+            print(f"\n{time.strftime('%H:%M:%S')} AutomationRuns\n{table}", flush=True)
+            last = table
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=2)
+
+
+def apply_examples(kubeconfig: Path, kubectl: Path, directory: Path) -> None:
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        print(f"No examples found in {directory}", file=sys.stderr)
+        return
+    for path in files:
+        result = subprocess.run(
+            [str(kubectl), "--kubeconfig", str(kubeconfig), "apply", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        out = (result.stdout + result.stderr).strip()
+        print(out, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _load_settings()
+    kubeconfig: Path | None = args.kubeconfig or (
+        Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None
+    )
+    embedded = kubeconfig is None
+    if embedded:
+        print("No kubeconfig given: starting the local control plane", file=sys.stderr)
+        kubeconfig = cluster_up(args.cluster_dir)
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        for name in install_crds(kubeconfig):
+            print(f"customresourcedefinition/{name} applied", flush=True)
+    assert kubeconfig is not None
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    namespaces = None if args.all_namespaces else (args.namespace or None)
+    lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    try:
+        asyncio.run(
+            _serve(
+                settings=settings,
+                namespaces=namespaces,
+                lease_namespace=lease_namespace,
+                liveness=args.liveness,
+                embedded=embedded,
+                kubeconfig=kubeconfig,
+                examples=args.examples,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded and not args.keep_cluster:
+            print("Stopping the local control plane", file=sys.stderr)
+            cluster_down(args.cluster_dir)
+    return 0
+
+
+async def _serve(
+    *,
+    settings: Settings,
+    namespaces: list[str] | None,
+    lease_namespace: str,
+    liveness: str | None,
+    embedded: bool,
+    kubeconfig: Path,
+    examples: Path,
+) -> None:
+    from tandem_operator.handlers.operator import run_operator
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(
+            run_operator(
+                settings=settings,
+                namespaces=namespaces,
+                lease_namespace=lease_namespace,
+                liveness_endpoint=liveness,
+                stop_flag=stop,
+            )
+        )
+    ]
+    if embedded:
+        from tandem_operator.devcluster.tools import ensure_binaries
+
+        kubectl = ensure_binaries().kubectl
+        await asyncio.sleep(1)
+        await asyncio.to_thread(apply_examples, kubeconfig, kubectl, examples)
+        tasks.append(asyncio.create_task(_show_runs(kubeconfig, stop)))
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None:
+            raise exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem-operator", description="Runs AutomationRuns on Kubernetes."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run", help="run the operator (embedded local cluster without a kubeconfig)"
+    )
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
+    )
+    run.add_argument("--kubeconfig", type=Path, help="kubeconfig to use (default: $KUBECONFIG)")
+    run.add_argument(
+        "--lease-namespace",
+        help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
+    )
+    run.add_argument(
+        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    run.add_argument(
+        "--cluster-dir", type=Path, default=None, help="embedded mode: control plane directory"
+    )
+    run.add_argument(
+        "--examples",
+        type=Path,
+        default=REPO_ROOT / "examples",
+        help="embedded mode: manifests to apply",
+    )
+    run.add_argument(
+        "--keep-cluster",
+        action="store_true",
+        help="embedded mode: leave the control plane running on exit",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    add_cluster_parsers(sub)
+
+    crds = sub.add_parser("crds", help="the CustomResourceDefinitions")
+    crds_sub = crds.add_subparsers(dest="crds_command", required=True)
+    install = crds_sub.add_parser("install", help="apply the CRDs and wait until established")
+    install.add_argument("--kubeconfig", type=Path, default=None)
+    install.set_defaults(func=_cmd_crds_install)
+    printer = crds_sub.add_parser("print", help="print the generated CRDs")
+    printer.set_defaults(func=_cmd_crds_print)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf reports every handler call at INFO; the operator logs its own transitions.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""kopf wiring: thin handlers that feed the reconciler.
+
+Every handler is a guard and one call. Watch events of the four kinds update the
+reconciler's caches; AutomationRun events ask for a reconcile of that run; Automation and
+AgentQuotaOverride events ask for a reconcile of the runs they may unblock (B7 reacts to
+an approved override at once). Timers, filtered to the phases they serve, re-check
+time-based rules (B4 stale gates, B5 stale reaping, B6 auto-resume, gate expiry) at
+``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``; the deadlines themselves come from timestamps
+in status, so a restart neither resets nor repeats them.
+
+kopf's own bookkeeping is kept under the project's annotation prefix, never in ``status``
+(which the structural schema would prune), and the handlers here are event handlers and
+timers, which keep no per-object progress at all: the run's status is the only state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from tandem_operator.api.models import GROUP
+from tandem_operator.api.settings import Settings
+from tandem_operator.handlers.kubeapi import KubeApi
+from tandem_operator.handlers.leader import Leadership, new_identity
+from tandem_operator.handlers.reconciler import Reconciler
+from tandem_operator.lifecycle.engine import Event
+
+log = logging.getLogger(__name__)
+
+TIMER_PHASES = frozenset({"Running", "Paused", "AwaitingApproval", "Queued"})
+
+
+def _emit(body: Mapping[str, Any], event: Event) -> None:
+    raw = cast(kopf.RawBody, dict(body))
+    kopf.event(
+        kopf.Body(raw),
+        type=event.type,
+        reason=event.reason,
+        message=event.message[:1024],
+    )
+
+
+def build_registry(
+    *, settings: Settings, lease_namespace: str, identity: str | None = None
+) -> tuple[kopf.OperatorRegistry, Reconciler, Leadership]:
+    """A registry with every handler bound to one reconciler and one leadership."""
+    registry = kopf.OperatorRegistry()
+    api = KubeApi()
+    me = identity or new_identity()
+    holder: dict[str, Leadership] = {}
+    reconciler = Reconciler(
+        api=api,
+        settings=settings,
+        identity=me,
+        emit=_emit,
+        live_instances=lambda: holder["leader"].live_instances(),
+        is_leader=lambda: holder["leader"].is_leader,
+    )
+
+    async def leadership_changed(leader: bool) -> None:
+        reconciler.on_leadership(leader)
+
+    leadership = Leadership(
+        api,
+        identity=me,
+        namespace=lease_namespace,
+        lease_seconds=settings.claim_lease_seconds,
+        on_change=leadership_changed,
+    )
+    holder["leader"] = leadership
+    background: set[asyncio.Task[None]] = set()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.batching.worker_limit = 64
+        task = asyncio.create_task(leadership.run(), name="leadership")
+        background.add(task)
+        log.info("Operator started identity=%s lease_namespace=%s", me, lease_namespace)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await reconciler.shutdown()
+        for task in background:
+            task.cancel()
+        await leadership.release()
+        api.close()
+
+    @kopf.on.event(GROUP, "automationruns", registry=registry)
+    async def run_event(event: Mapping[str, Any], **_: Any) -> None:
+        body = event.get("object") or {}
+        deleted = event.get("type") == "DELETED"
+        reconciler.observe("runs", body, deleted=deleted)
+        if not deleted:
+            reconciler.kick((body["metadata"]["namespace"], body["metadata"]["name"]))
+
+    @kopf.on.event(GROUP, "automations", registry=registry)
+    async def automation_event(event: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
+        reconciler.observe(
+            "automations", event.get("object") or {}, deleted=event.get("type") == "DELETED"
+        )
+        for key in reconciler.runs_in(namespace or ""):
+            status = reconciler.caches.runs[key].get("status") or {}
+            if status.get("phase") in (None, "Queued"):
+                reconciler.kick(key)
+
+    @kopf.on.event(GROUP, "agentendpoints", registry=registry)
+    async def endpoint_event(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.observe(
+            "endpoints", event.get("object") or {}, deleted=event.get("type") == "DELETED"
+        )
+
+    @kopf.on.event(GROUP, "agentquotaoverrides", registry=registry)
+    async def override_event(event: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
+        reconciler.observe(
+            "overrides", event.get("object") or {}, deleted=event.get("type") == "DELETED"
+        )
+        for key in reconciler.runs_in(namespace or ""):
+            status = reconciler.caches.runs[key].get("status") or {}
+            if status.get("phase") in ("Paused", "Running"):
+                reconciler.kick(key)
+
+    def timer_phase(status: Mapping[str, Any], **_: Any) -> bool:
+        return status.get("phase") in TIMER_PHASES
+
+    @kopf.timer(
+        GROUP,
+        "automationruns",
+        interval=float(settings.lifecycle_timer_interval_seconds),
+        when=timer_phase,
+        registry=registry,
+    )
+    async def lifecycle_timer(namespace: str | None, name: str, **_: Any) -> None:
+        reconciler.kick((namespace or "", name))
+
+    return registry, reconciler, leadership
+
+
+async def run_operator(
+    *,
+    settings: Settings,
+    namespaces: list[str] | None,
+    lease_namespace: str,
+    liveness_endpoint: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+) -> None:
+    registry, _, _ = build_registry(settings=settings, lease_namespace=lease_namespace)
+    await kopf.operator(
+        registry=registry,
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces or [],
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+    )

@@ -1,0 +1,534 @@
+"""The reconciler: gather an Observation, call ``decide``, write one patch, then act.
+
+Handlers (``handlers.operator``) only feed this object: watch events update its caches and
+ask for a reconcile; timers ask for a reconcile; executor outcomes ask for a reconcile.
+One reconcile of one run at a time (a lock per run); a global admission lock around runs
+that may be admitted, so two runs never take the last slot or the same workspace.
+
+Order of effects, always: decide → patch status with the resourceVersion read (409: read
+again and decide again) → emit Events → start or cancel attempts → forget consumed
+outcomes. An attempt therefore never starts without its attempt count recorded, and an
+outcome is never dropped before a status that accounts for it is stored.
+
+Only the leader acts. A standby keeps its caches and does nothing else; when it becomes
+leader it reconciles every run it knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pydantic
+
+from tandem_operator.api.models import (
+    ACTIVE_PHASES,
+    TERMINAL_PHASES,
+    AgentEndpointSpec,
+    AgentQuotaOverrideSpec,
+    AutomationRunSpec,
+    AutomationRunStatus,
+    AutomationSpec,
+    Node,
+)
+from tandem_operator.api.settings import Settings
+from tandem_operator.execution.http import AgentEndpointExecutor
+from tandem_operator.execution.runner import AttemptRunner, RunKey
+from tandem_operator.execution.simulate import SimulateExecutor
+from tandem_operator.execution.types import AttemptRequest, Executor
+from tandem_operator.handlers.kubeapi import Conflict, Gone, KubeApi, merge_patch
+from tandem_operator.lifecycle.clock import format_ms, parse_ms, wall_ms
+from tandem_operator.lifecycle.engine import (
+    Decision,
+    Event,
+    Observation,
+    Override,
+    apply_conditions,
+    decide,
+)
+from tandem_operator.scheduling.admission import RunSlot, admission_pass
+
+log = logging.getLogger(__name__)
+
+PLURAL = "automationruns"
+MAX_CONFLICT_RETRIES = 5
+
+EmitEvent = Callable[[Mapping[str, Any], Event], None]
+
+
+@dataclass
+class _Caches:
+    runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    automations: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    endpoints: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+def _key(body: Mapping[str, Any]) -> RunKey:
+    meta = body.get("metadata", {})
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        settings: Settings,
+        identity: str,
+        emit: EmitEvent,
+        live_instances: Callable[[], frozenset[str]],
+        is_leader: Callable[[], bool],
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.identity = identity
+        self.emit = emit
+        self.live_instances = live_instances
+        self.is_leader = is_leader
+        self.caches = _Caches()
+        self.runner = AttemptRunner(self._on_outcome)
+        self.shutting_down = False
+        self._locks: dict[RunKey, asyncio.Lock] = {}
+        self._admission = asyncio.Lock()
+        self._pending: set[RunKey] = set()
+        self._wakeups: dict[RunKey, asyncio.TimerHandle] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- caches fed by watch events -------------------------------------------------
+
+    def observe(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+        store: dict[RunKey, dict[str, Any]] = getattr(self.caches, kind)
+        key = _key(body)
+        if deleted:
+            store.pop(key, None)
+            if kind == "runs":
+                self.runner.forget(key)
+                self._locks.pop(key, None)
+                self.kick_admission()
+            return
+        current = store.get(key)
+        if current is None or _rv(body) >= _rv(current):
+            store[key] = dict(body)
+
+    def runs_in(self, namespace: str) -> list[RunKey]:
+        return [k for k in self.caches.runs if k[0] == namespace]
+
+    # -- scheduling of reconciles ---------------------------------------------------
+
+    def kick(self, key: RunKey) -> None:
+        """Reconcile ``key`` soon, once, however many times it is kicked meanwhile."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        task = asyncio.create_task(self._kicked(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _kicked(self, key: RunKey) -> None:
+        self._pending.discard(key)
+        try:
+            await self.reconcile(key)
+        except Exception:
+            log.exception("Reconcile failed run=%s/%s", *key)
+
+    def kick_all(self) -> None:
+        for key in list(self.caches.runs):
+            self.kick(key)
+
+    def kick_admission(self) -> None:
+        """Capacity or a workspace was freed: reconcile the runs admission now lets in."""
+        verdicts = admission_pass(
+            self._slots(), capacity=self.settings.scheduler_max_concurrent_runs
+        )
+        for key, verdict in verdicts.items():
+            if verdict == "admit":
+                self.kick(key)
+
+    def _wake_at(self, key: RunKey, at_ms: int) -> None:
+        old = self._wakeups.pop(key, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, (at_ms - wall_ms()) / 1000) + 0.05
+        loop = asyncio.get_running_loop()
+        self._wakeups[key] = loop.call_later(delay, self.kick, key)
+
+    async def _on_outcome(self, key: RunKey) -> None:
+        self.kick(key)
+
+    # -- the reconcile ----------------------------------------------------------------
+
+    async def reconcile(self, key: RunKey) -> None:
+        if not self.is_leader():
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            for _ in range(MAX_CONFLICT_RETRIES):
+                body = self.caches.runs.get(key)
+                if body is None:
+                    return
+                try:
+                    if self._may_admit(body):
+                        async with self._admission:
+                            await self._reconcile_once(key, body)
+                    else:
+                        await self._reconcile_once(key, body)
+                    return
+                except Conflict:
+                    try:
+                        fresh = await self.api.get(plural=PLURAL, namespace=key[0], name=key[1])
+                    except Gone:
+                        self.observe("runs", body, deleted=True)
+                        return
+                    self.observe("runs", fresh)
+                except Gone:
+                    self.observe("runs", body, deleted=True)
+                    return
+            log.warning("Gave up after repeated conflicts run=%s/%s", *key)
+            self.kick(key)
+
+    @staticmethod
+    def _may_admit(body: Mapping[str, Any]) -> bool:
+        status = body.get("status") or {}
+        return status.get("phase") in (None, "Queued", "Paused", "AwaitingApproval")
+
+    async def _reconcile_once(self, key: RunKey, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        raw_status = body.get("status") or None
+        try:
+            spec = AutomationRunSpec.model_validate(body.get("spec") or {})
+            status = (
+                AutomationRunStatus.model_validate(raw_status)
+                if raw_status and raw_status.get("phase")
+                else None
+            )
+        except pydantic.ValidationError as exc:
+            await self._report_invalid(key, body, exc)
+            return
+        definition, definition_error = self._definition(key, spec, status)
+        if (
+            definition is None
+            and spec.automation_ref is not None
+            and status is None
+            or (
+                definition is None
+                and spec.automation_ref is not None
+                and status is not None
+                and status.phase == "Queued"
+            )
+        ):
+            await self._refresh_automation(key[0], spec.automation_ref.name)
+            definition, definition_error = self._definition(key, spec, status)
+        now = wall_ms()
+        obs = Observation(
+            now_ms=now,
+            settings=self.settings,
+            instance=self.identity,
+            live_instances=self.live_instances() | {self.identity},
+            generation=int(meta.get("generation") or 0),
+            spec=spec,
+            status=status,
+            definition=definition,
+            definition_error=definition_error,
+            admission=self._verdict(key),
+            overrides=self._overrides(key[0], now),
+            outcomes=self.runner.outcomes(key),
+            in_flight=self.runner.in_flight(key),
+            last_activity_ms=self.runner.last_activity_ms(key),
+            shutting_down=self.shutting_down,
+        )
+        decision = decide(obs)
+        if decision.changed:
+            new_status = decision.status.to_api()
+            patch = merge_patch(raw_status or {}, new_status)
+            if patch:
+                stored = await self.api.patch_status(
+                    plural=PLURAL,
+                    namespace=key[0],
+                    name=key[1],
+                    resource_version=str(meta.get("resourceVersion", "")),
+                    status_patch=patch,
+                )
+                self.observe("runs", stored)
+                body = stored
+        await self._act(key, body, decision, definition, spec)
+
+    async def _act(
+        self,
+        key: RunKey,
+        body: Mapping[str, Any],
+        decision: Decision,
+        definition: AutomationSpec | None,
+        spec: AutomationRunSpec,
+    ) -> None:
+        for event in decision.events:
+            self.emit(body, event)
+        self.runner.consume(key, decision.consumed)
+        if decision.cancel:
+            self.runner.cancel(key, decision.cancel)
+        if decision.start and definition is not None:
+            nodes = {n.id: n for n in definition.nodes}
+            for start in decision.start:
+                node = nodes.get(start.node_id)
+                if node is not None:
+                    await self._start_attempt(
+                        key, body, decision, spec, definition, node, start.attempt
+                    )
+        if decision.records and decision.status.phase not in ACTIVE_PHASES:
+            # A transition out of Running/Pausing frees a slot and maybe a workspace.
+            self.kick_admission()
+        wake = self._next_deadline(decision.status, definition)
+        if wake is not None:
+            self._wake_at(key, wake)
+
+    def _next_deadline(
+        self, status: AutomationRunStatus, definition: AutomationSpec | None
+    ) -> int | None:
+        """The earliest moment a time-based rule may fire for this run."""
+        times: list[int] = []
+        if status.phase == "Queued" and status.scheduler and status.scheduler.retry_after:
+            at = parse_ms(status.scheduler.retry_after)
+            if at is not None:
+                times.append(at)
+        gate = status.checkpoint.awaiting_gate
+        if status.phase == "AwaitingApproval" and gate is not None and definition is not None:
+            requested = parse_ms(gate.requested_at)
+            node = next((n for n in definition.nodes if n.id == gate.node_id), None)
+            if requested is not None and node and node.approval and node.approval.expiry:
+                times.append(requested + node.approval.expiry.after_seconds * 1000)
+        if status.phase == "Running":
+            for retry in status.checkpoint.node_retry_after.values():
+                parsed = parse_ms(retry)
+                if parsed is not None:
+                    times.append(parsed)
+        return min(times) if times else None
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def _definition(
+        self,
+        key: RunKey,
+        spec: AutomationRunSpec,
+        status: AutomationRunStatus | None,
+    ) -> tuple[AutomationSpec | None, str | None]:
+        raw: Mapping[str, Any] | None = status.automation_snapshot if status else None
+        source = "status.automationSnapshot"
+        if raw is None and spec.automation is not None:
+            return spec.automation, None
+        if raw is None and spec.automation_ref is not None:
+            found = self.caches.automations.get((key[0], spec.automation_ref.name))
+            if found is None:
+                return None, (
+                    f"automation `{spec.automation_ref.name}` not found in namespace {key[0]}"
+                )
+            raw, source = found.get("spec") or {}, f"Automation {spec.automation_ref.name}"
+        if raw is None:
+            return None, "run has neither automation nor automationRef"
+        try:
+            return AutomationSpec.model_validate(raw), None
+        except pydantic.ValidationError as exc:
+            return None, f"{source} is invalid: {exc.errors()[0].get('msg')}"
+
+    async def _refresh_automation(self, namespace: str, name: str) -> None:
+        """A cache miss is confirmed with the API server before a run is told it is missing."""
+        try:
+            found = await self.api.get(plural="automations", namespace=namespace, name=name)
+        except Gone:
+            return
+        self.observe("automations", found)
+
+    def _slots(self) -> list[RunSlot]:
+        slots = []
+        now = wall_ms()
+        for key, body in self.caches.runs.items():
+            status = body.get("status") or {}
+            spec = body.get("spec") or {}
+            phase = status.get("phase")
+            flow = status.get("automationSnapshot") or spec.get("automation")
+            if flow is None and spec.get("automationRef"):
+                ref = self.caches.automations.get((key[0], spec["automationRef"].get("name", "")))
+                flow = (ref or {}).get("spec")
+            workspace = ((flow or {}).get("workspace") or {}).get("root")
+            retry = parse_ms((status.get("scheduler") or {}).get("retryAfter"))
+            eligible = (
+                spec.get("desiredState", "Running") == "Running"
+                and flow is not None
+                and (retry is None or retry <= now)
+            )
+            slots.append(
+                RunSlot(
+                    key=key,
+                    created=str(body.get("metadata", {}).get("creationTimestamp", "")),
+                    phase=phase,
+                    workspace=workspace,
+                    eligible=eligible,
+                )
+            )
+        return slots
+
+    def _verdict(self, key: RunKey) -> Any:
+        body = self.caches.runs.get(key) or {}
+        if (body.get("status") or {}).get("phase") not in (None, "Queued"):
+            return "capacity"
+        verdicts = admission_pass(
+            self._slots(), capacity=self.settings.scheduler_max_concurrent_runs
+        )
+        return verdicts.get(key, "capacity")
+
+    def _overrides(self, namespace: str, now_ms: int) -> tuple[Override, ...]:
+        found = []
+        for (ns, name), body in self.caches.overrides.items():
+            if ns != namespace:
+                continue
+            try:
+                spec = AgentQuotaOverrideSpec.model_validate(body.get("spec") or {})
+            except pydantic.ValidationError:
+                continue
+            expires = parse_ms(spec.expires_at)
+            if spec.approved and (expires is None or expires > now_ms):
+                found.append(Override(name=name, agent_id=spec.agent_id))
+        return tuple(found)
+
+    # -- attempts -----------------------------------------------------------------------
+
+    async def _start_attempt(
+        self,
+        key: RunKey,
+        body: Mapping[str, Any],
+        decision: Decision,
+        spec: AutomationRunSpec,
+        definition: AutomationSpec,
+        node: Node,
+        attempt: int,
+    ) -> None:
+        cp = decision.status.checkpoint
+        agent = next((a for a in definition.agents if a.agent_id == node.agent_id), None)
+        request = AttemptRequest(
+            run_namespace=key[0],
+            run_name=key[1],
+            run_uid=str(body.get("metadata", {}).get("uid", "")),
+            node_id=node.id,
+            attempt=attempt,
+            objective=node.objective or "",
+            inputs={dep: cp.node_outputs.get(dep, {}) for dep in node.depends_on},
+            runtime_context=spec.runtime_context or {},
+            agent=agent.to_api() if agent else {},
+        )
+        try:
+            executor = await self._executor(
+                key[0], node, agent.endpoint_ref.name if agent and agent.endpoint_ref else None
+            )
+        except Exception as exc:
+            self.runner.fail_to_start(key, request, str(exc))
+            self.kick(key)
+            return
+        self.runner.start(key, request, executor)
+
+    async def _executor(self, namespace: str, node: Node, agent_endpoint: str | None) -> Executor:
+        ex = node.executor
+        if ex is not None and ex.simulate is not None:
+            sim = ex.simulate
+            return SimulateExecutor(
+                outcome=sim.outcome,
+                after_seconds=sim.after_seconds,
+                output=sim.output or {},
+                prompt_tokens=sim.usage.prompt_tokens if sim.usage else 0,
+                completion_tokens=sim.usage.completion_tokens if sim.usage else 0,
+            )
+        name = ex.endpoint_ref.name if ex is not None and ex.endpoint_ref else agent_endpoint
+        if name is None:
+            raise ValueError(
+                f"node `{node.id}` has no executor: set executor.simulate or executor.endpointRef, "
+                "or an endpointRef on its agent"
+            )
+        body = self.caches.endpoints.get((namespace, name))
+        if body is None:
+            raise ValueError(f"AgentEndpoint {name} not found in namespace {namespace}")
+        endpoint = AgentEndpointSpec.model_validate(body.get("spec") or {})
+        token = None
+        if endpoint.auth_secret_ref is not None:
+            ref = endpoint.auth_secret_ref
+            token = await self.api.read_secret_key(namespace=namespace, name=ref.name, key=ref.key)
+            if token is None:
+                raise ValueError(f"Secret {ref.name} has no key {ref.key}")
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return AgentEndpointExecutor(
+            url=endpoint.url,
+            token=token,
+            timeout_seconds=float(endpoint.timeout_seconds),
+            session=self._http,
+        )
+
+    # -- malformed status -------------------------------------------------------------
+
+    async def _report_invalid(
+        self, key: RunKey, body: Mapping[str, Any], exc: pydantic.ValidationError
+    ) -> None:
+        """A status the operator cannot read: say so, stall, and keep every field as is."""
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"status is not readable at {where}: {first.get('msg')}"
+        raw = body.get("status") or {}
+        current = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
+        stalled = next((c for c in current if c.get("type") == "Stalled"), None)
+        if stalled and stalled.get("status") == "True" and stalled.get("message") == message:
+            return
+        self.emit(body, Event(type="Warning", reason="InvalidStatus", message=message))
+        probe = AutomationRunStatus(phase=None)
+        apply_conditions(
+            probe,
+            now=format_ms(wall_ms()),
+            generation=int(body.get("metadata", {}).get("generation") or 0),
+            stalled_reason=message,
+        )
+        conditions = [c.to_api() for c in probe.conditions if c.type == "Stalled"]
+        others = [c for c in current if c.get("type") != "Stalled"]
+        stored = await self.api.patch_status(
+            plural=PLURAL,
+            namespace=key[0],
+            name=key[1],
+            resource_version=str(body.get("metadata", {}).get("resourceVersion", "")),
+            status_patch={"conditions": [*others, *conditions]},
+        )
+        self.observe("runs", stored)
+
+    # -- lifecycle of the reconciler itself ---------------------------------------------
+
+    async def shutdown(self) -> None:
+        """B15: stop admitting, let in-flight attempts finish within the grace period."""
+        self.shutting_down = True
+        await self.runner.drain(self.settings.shutdown_grace_seconds)
+        for _ in range(50):
+            if not self._tasks:
+                break
+            await asyncio.sleep(0.1)
+        for handle in self._wakeups.values():
+            handle.cancel()
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
+
+    def on_leadership(self, leader: bool) -> None:
+        if leader:
+            self.kick_all()
+        else:
+            for key in list(self.caches.runs):
+                self.runner.cancel(key)
+
+
+def terminal(body: Mapping[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") in TERMINAL_PHASES
