@@ -315,8 +315,9 @@ def test_cluster_up_is_idempotent_and_down_stops_it(
         assert readyz.stdout.strip() == "ok"
 
         # Half a pair is repaired in place: same ports, so the kubeconfig keeps working.
-        os.kill(first.apiserver.pid, signal.SIGKILL)
-        assert _eventually(lambda: not pid_alive(first.apiserver.pid, first.apiserver.start_time))
+        killed = first.apiserver
+        os.kill(killed.pid, signal.SIGKILL)
+        assert _eventually(lambda: not pid_alive(killed.pid, killed.start_time))
         assert cluster_up(directory) == kubeconfig
         third = ControlPlaneState.from_json((directory / "state.json").read_text())
         assert third.apiserver is not None

@@ -281,11 +281,14 @@ def test_default_bin_dir_matches_build_script_layout(tmp_path: Path) -> None:
     got = default_bin_dir(versions=versions, env={"XDG_CACHE_HOME": str(tmp_path)})
     expected_tag = (
         f"k8s-{versions['KUBERNETES_VERSION']}_etcd-{versions['ETCD_VERSION']}"
-        f"_helm-{versions['HELM_VERSION']}"
+        f"_helm-{versions['HELM_VERSION']}_r{versions['BUILD_REVISION']}"
     )
     assert got == tmp_path / "tandem-operator" / "bin" / expected_tag
     script = (tools_mod.repo_root() / "hack" / "build-tools.sh").read_text()
-    assert 'tag="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"' in script
+    assert (
+        'tag="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${BUILD_REVISION}"'
+        in script
+    )
 
 
 # ------------------------------------------------------------------------------ cli

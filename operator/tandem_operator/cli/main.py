@@ -3,9 +3,10 @@
 Subcommands:
 
 - ``run [--namespace NS ... | --all-namespaces]``: the operator. With ``$KUBECONFIG`` set
-  (or ``--kubeconfig``) it runs against that cluster. Without one it is the embedded
-  default: it starts the local control plane, installs the CRDs, runs the operator,
-  applies ``examples/`` and prints the runs as they change; Ctrl-C stops everything.
+  (or ``--kubeconfig``) it runs against that cluster; in a pod without either it uses the
+  pod's service account. Otherwise it is the embedded default: it starts the local control
+  plane, installs the CRDs, runs the operator, applies ``examples/`` and prints the runs as
+  they change; Ctrl-C stops everything.
 - ``cluster up|down [--dir D]``: the local kube-apiserver + etcd (see ``devcluster``).
 - ``crds install``: server-side apply of the generated CRDs, then wait until Established.
 - ``crds print``: the generated CRDs as YAML.
@@ -39,6 +40,7 @@ log = logging.getLogger("tandem_operator")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FIELD_MANAGER = "tandem-operator"
+_SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 def _client(kubeconfig: Path | None) -> pykube.HTTPClient:
@@ -152,20 +154,25 @@ def apply_examples(kubeconfig: Path, kubectl: Path, directory: Path) -> None:
         print(out, flush=True)
 
 
+def _in_cluster() -> bool:
+    """Running in a pod: the service account's credentials are mounted, no kubeconfig needed."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and _SA_TOKEN.is_file()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load_settings()
     kubeconfig: Path | None = args.kubeconfig or (
         Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None
     )
-    embedded = kubeconfig is None
+    embedded = kubeconfig is None and not _in_cluster()
     if embedded:
         print("No kubeconfig given: starting the local control plane", file=sys.stderr)
         kubeconfig = cluster_up(args.cluster_dir)
         os.environ["KUBECONFIG"] = str(kubeconfig)
         for name in install_crds(kubeconfig):
             print(f"customresourcedefinition/{name} applied", flush=True)
-    assert kubeconfig is not None
-    os.environ["KUBECONFIG"] = str(kubeconfig)
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
     namespaces = None if args.all_namespaces else (args.namespace or None)
     lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
     try:
@@ -196,7 +203,7 @@ async def _serve(
     lease_namespace: str,
     liveness: str | None,
     embedded: bool,
-    kubeconfig: Path,
+    kubeconfig: Path | None,
     examples: Path,
 ) -> None:
     from tandem_operator.handlers.operator import run_operator
@@ -216,7 +223,7 @@ async def _serve(
             )
         )
     ]
-    if embedded:
+    if embedded and kubeconfig is not None:
         from tandem_operator.devcluster.tools import ensure_binaries
 
         kubectl = ensure_binaries().kubectl
@@ -227,6 +234,8 @@ async def _serve(
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
+        if task.cancelled():
+            continue
         exc = task.exception()
         if exc is not None:
             raise exc

@@ -18,8 +18,13 @@ Design choices:
 * The admin identity is a client certificate in ``system:masters`` and the kubeconfig pins
   the serving CA, so TLS is verified end to end (no insecure-skip-tls-verify).
 * Readiness means an authenticated ``GET /readyz`` answers ``ok`` *and* the ``default``
-  namespace exists, because ``/readyz`` does not wait for the namespace bootstrap controller
-  and the first ``kubectl apply`` into ``default`` would otherwise race it.
+  namespace exists: ``/readyz`` only says the system-namespaces controller was started, not
+  that it has created ``default`` yet, and the first ``kubectl apply`` into it would race.
+* etcd runs with ``--unsafe-no-fsync`` (the data is disposable; writes get much faster) and
+  kube-apiserver with ``--endpoint-reconciler-type=none`` (the ``kubernetes`` Service may
+  not point at a loopback address; without this the apiserver logs an error every 10s).
+* ``stop_*``/``restart_*`` take ``graceful``: SIGTERM (etcd then waits several seconds for
+  the apiserver's open watch streams) or SIGKILL straight away, the crash chaos tests want.
 * Two lifetimes. Attached (the pytest fixture): each child is in its own session, so a
   Ctrl-C at the terminal reaches pytest first and the fixture tears down in order, and on
   Linux ``PR_SET_PDEATHSIG`` kills the child when the starting thread dies (a SIGKILLed

@@ -106,6 +106,7 @@ def default_bin_dir(*, versions: Mapping[str, str], env: Mapping[str, str] | Non
         f"k8s-{versions['KUBERNETES_VERSION']}"
         f"_etcd-{versions['ETCD_VERSION']}"
         f"_helm-{versions['HELM_VERSION']}"
+        f"_r{versions['BUILD_REVISION']}"
     )
     return cache_root(env) / "bin" / tag
 

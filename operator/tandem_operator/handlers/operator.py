@@ -3,14 +3,17 @@
 Every handler is a guard and one call. Watch events of the four kinds update the
 reconciler's caches; AutomationRun events ask for a reconcile of that run; Automation and
 AgentQuotaOverride events ask for a reconcile of the runs they may unblock (B7 reacts to
-an approved override at once). Timers, filtered to the phases they serve, re-check
-time-based rules (B4 stale gates, B5 stale reaping, B6 auto-resume, gate expiry) at
-``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``; the deadlines themselves come from timestamps
-in status, so a restart neither resets nor repeats them.
+an approved override at once). A lifecycle tick, one loop over the cached runs in the
+phases it serves, re-checks time-based rules (B4 stale gates, B5 stale reaping, B6
+auto-resume, gate expiry) every ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``; the deadlines
+themselves come from timestamps in status, so a restart neither resets nor repeats them.
+It is not a ``kopf.timer``: kopf guards timers with a finalizer on each object, which would
+need write access to the runs' spec and would block deleting runs while the operator is
+not installed. The operator never writes anything but ``status``.
 
 kopf's own bookkeeping is kept under the project's annotation prefix, never in ``status``
-(which the structural schema would prune), and the handlers here are event handlers and
-timers, which keep no per-object progress at all: the run's status is the only state.
+(which the structural schema would prune), and the handlers here are event handlers,
+which keep no per-object progress at all: the run's status is the only state.
 """
 
 from __future__ import annotations
@@ -74,6 +77,17 @@ def build_registry(
     holder["leader"] = leadership
     background: set[asyncio.Task[None]] = set()
 
+    async def lifecycle_ticks() -> None:
+        # One loop over the watch cache instead of a kopf timer per run: kopf timers put a
+        # finalizer on every matching object, which needs write access to the whole run
+        # (spec included) and leaves runs undeletable while no operator is installed.
+        interval = float(settings.lifecycle_timer_interval_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            for key, body in list(reconciler.caches.runs.items()):
+                if (body.get("status") or {}).get("phase") in TIMER_PHASES:
+                    reconciler.kick(key)
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
@@ -90,6 +104,8 @@ def build_registry(
         settings.batching.worker_limit = 64
         task = asyncio.create_task(leadership.run(), name="leadership")
         background.add(task)
+        ticks = asyncio.create_task(lifecycle_ticks(), name="lifecycle-ticks")
+        background.add(ticks)
         log.info("Operator started identity=%s lease_namespace=%s", me, lease_namespace)
 
     @kopf.on.cleanup(registry=registry)
@@ -133,19 +149,6 @@ def build_registry(
             status = reconciler.caches.runs[key].get("status") or {}
             if status.get("phase") in ("Paused", "Running"):
                 reconciler.kick(key)
-
-    def timer_phase(status: Mapping[str, Any], **_: Any) -> bool:
-        return status.get("phase") in TIMER_PHASES
-
-    @kopf.timer(
-        GROUP,
-        "automationruns",
-        interval=float(settings.lifecycle_timer_interval_seconds),
-        when=timer_phase,
-        registry=registry,
-    )
-    async def lifecycle_timer(namespace: str | None, name: str, **_: Any) -> None:
-        reconciler.kick((namespace or "", name))
 
     return registry, reconciler, leadership
 

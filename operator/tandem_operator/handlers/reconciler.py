@@ -219,17 +219,8 @@ class Reconciler:
             await self._report_invalid(key, body, exc)
             return
         definition, definition_error = self._definition(key, spec, status)
-        if (
-            definition is None
-            and spec.automation_ref is not None
-            and status is None
-            or (
-                definition is None
-                and spec.automation_ref is not None
-                and status is not None
-                and status.phase == "Queued"
-            )
-        ):
+        queued = status is None or status.phase == "Queued"
+        if definition is None and spec.automation_ref is not None and queued:
             await self._refresh_automation(key[0], spec.automation_ref.name)
             definition, definition_error = self._definition(key, spec, status)
         now = wall_ms()

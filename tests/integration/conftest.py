@@ -1,0 +1,89 @@
+"""Fixtures for tests that run the operator process against the real control plane.
+
+Each test gets its own namespace, and its operators watch only that namespace and hold
+their leader Lease there, so tests never see each other's runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import Cluster, OperatorProcess
+
+from agentserver import AgentServer
+from tandem_operator.cli.main import install_crds
+from tandem_operator.devcluster.session import KubeSession
+
+
+@pytest.fixture(scope="session")
+def crds(kube: KubeSession) -> KubeSession:
+    install_crds(kube.kubeconfig)
+    return kube
+
+
+@pytest.fixture
+def cluster(crds: KubeSession, namespace: str) -> Cluster:
+    return Cluster(crds, namespace)
+
+
+@pytest.fixture
+def operators(
+    crds: KubeSession, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operator processes for this test's namespace; all are stopped at the end."""
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        index = len(started)
+        proc = OperatorProcess(
+            kube=crds,
+            namespace=namespace,
+            log_path=tmp_path / f"operator-{index}.log",
+            env=env,
+        ).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+AGENT_ENDPOINT = "engine"
+"""Name of the AgentEndpoint the ``agent`` fixture creates in the test namespace."""
+
+
+@pytest.fixture
+def agent(cluster: Cluster) -> Iterator[AgentServer]:
+    """A real NDJSON agent server on 127.0.0.1, reachable as AgentEndpoint ``engine``.
+
+    The server runs in the test process; the operator process reaches it through the
+    AgentEndpoint, whose bearer token comes from Secret ``engine-token`` (key ``token``)
+    in the test namespace. The server refuses requests without that token (401), so a
+    run that completes on it proves the operator read the Secret.
+    """
+    token = f"token-{cluster.namespace}"
+    server = AgentServer(token=token).start()
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{AGENT_ENDPOINT}-token"},
+            "stringData": {"token": token},
+        },
+        {
+            "apiVersion": "automation.tandem.dev/v1alpha1",
+            "kind": "AgentEndpoint",
+            "metadata": {"name": AGENT_ENDPOINT},
+            "spec": {
+                "url": server.url,
+                "authSecretRef": {"name": f"{AGENT_ENDPOINT}-token", "key": "token"},
+            },
+        },
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

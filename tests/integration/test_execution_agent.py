@@ -1,0 +1,274 @@
+"""Node execution on a real HTTP agent endpoint (B10, contract §6), end to end.
+
+The operator runs as its own process against the real control plane and POSTs each node
+attempt to an :class:`~agentserver.AgentServer` in this test process, found through the
+AgentEndpoint ``engine`` (``agent`` fixture) with a bearer token from a Secret. The server
+records every request and how many were in flight at once, so the tests check what the
+agent actually saw — order, parallelism, inputs, auth, retry timing — next to what the
+run's status says.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from agentserver import Activity, AgentServer, Drop, HttpStatus, Result, Sleep, Usage
+from support import Cluster, OperatorProcess, simulated_run, wait_for
+
+AGENT = {"agentId": "researcher", "endpointRef": {"name": "engine"}}
+
+
+def task(node_id: str, **extra: Any) -> dict[str, Any]:
+    """A Task node run by the ``researcher`` agent on the agent's endpoint."""
+    return {"id": node_id, "agentId": "researcher", "objective": f"do {node_id}", **extra}
+
+
+def agent_run(name: str, nodes: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return simulated_run(name, nodes, agents=[AGENT], **spec)
+
+
+def secret_token(cluster: Cluster) -> str:
+    data = cluster.get("secret", "engine-token")["data"]["token"]
+    return base64.b64decode(data).decode()
+
+
+def reasons(history: list[dict[str, Any]]) -> list[str]:
+    return [r["event"] for r in history]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_dag_runs_in_dependency_order_within_max_parallel_nodes(
+    cluster: Cluster,
+    operators: Callable[..., OperatorProcess],
+    agent: AgentServer,
+    parallel: int,
+) -> None:
+    work = 0.6  # seconds each node spends on the agent before its result
+    for node in "abcd":
+        agent.script(
+            node=node,
+            steps=[
+                Activity(),
+                Sleep(work),
+                Usage(prompt_tokens=3, completion_tokens=1),
+                Result(output={"status": "completed", "value": f"{node}-out"}),
+            ],
+        )
+    operators()
+    cluster.apply(
+        agent_run(
+            "dag",
+            [
+                task("a"),
+                task("b", dependsOn=["a"]),
+                task("c", dependsOn=["a"]),
+                task("d", dependsOn=["b", "c"]),
+            ],
+            execution={"maxParallelNodes": parallel},
+            runtimeContext={"tenant": "acme"},
+        )
+    )
+    status = cluster.wait_phase("dag", "Completed", "Failed", timeout=60)
+    assert status["phase"] == "Completed", status.get("detail")
+    cp = status["checkpoint"]
+    assert cp["nodeAttempts"] == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert sorted(cp["completedNodes"]) == ["a", "b", "c", "d"]
+
+    requests = agent.requests
+    assert [r.node for r in requests].count(None) == 0
+    by_node = {r.node: r for r in requests}
+    assert len(requests) == 4 and set(by_node) == set("abcd")
+    a, b, c, d = (by_node[n] for n in "abcd")
+    # A node is requested only after every dependency has answered (each takes >= work).
+    assert b.monotonic - a.monotonic >= work and c.monotonic - a.monotonic >= work
+    assert d.monotonic - max(b.monotonic, c.monotonic) >= work
+    assert agent.max_in_flight == parallel
+    if parallel == 1:
+        assert abs(b.monotonic - c.monotonic) >= work
+
+    # What the agent received: identity, the upstream outputs, context, agent, auth.
+    meta = cluster.run("dag")["metadata"]
+    assert d.body["run"] == {"namespace": cluster.namespace, "name": "dag", "uid": meta["uid"]}
+    assert d.body["attempt"] == 1 and d.body["objective"] == "do d"
+    assert d.body["inputs"] == {
+        "b": {"status": "completed", "value": "b-out"},
+        "c": {"status": "completed", "value": "c-out"},
+    }
+    assert a.body["inputs"] == {}
+    assert d.body["runtimeContext"] == {"tenant": "acme"}
+    assert d.body["agent"] == AGENT
+    token = secret_token(cluster)
+    assert all(r.headers.get("authorization") == f"Bearer {token}" for r in requests)
+    assert status["usage"]["totalTokens"] == 16
+
+
+def test_needs_repair_every_time_fails_at_the_attempt_cap(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    agent.script(node="x", steps=[Activity(), Result(status="needs_repair")])
+    operators()
+    cluster.apply(agent_run("repair", [task("x", maxAttempts=3)]))
+    status = cluster.wait_phase("repair", "Failed", "Completed", timeout=60)
+    assert status["phase"] == "Failed"
+    assert status["detail"] == "node `x` failed after 3/3 attempts"
+    cp = status["checkpoint"]
+    assert cp["nodeAttempts"] == {"x": 3}
+    verdicts = cp["nodeAttemptVerdicts"]["x"]
+    assert [(v["attempt"], v["status"]) for v in verdicts] == [
+        (1, "needs_repair"),
+        (2, "needs_repair"),
+        (3, "needs_repair"),
+    ]
+    assert cp["lastFailure"]["nodeId"] == "x"
+    assert [r.attempt for r in agent.requests_for("x")] == [1, 2, 3]
+
+
+def test_needs_repair_once_then_completed(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    agent.script(node="x", attempt=1, steps=[Result(status="needs_repair")])
+    operators()
+    cluster.apply(agent_run("repaired", [task("x", maxAttempts=3), task("w", dependsOn=["x"])]))
+    status = cluster.wait_phase("repaired", "Completed", "Failed", timeout=60)
+    assert status["phase"] == "Completed", status.get("detail")
+    cp = status["checkpoint"]
+    assert cp["nodeAttempts"] == {"x": 2, "w": 1}
+    assert [v["status"] for v in cp["nodeAttemptVerdicts"]["x"]] == ["needs_repair", "completed"]
+    assert cp["nodeOutputs"]["x"]["status"] == "completed"
+    assert [r.attempt for r in agent.requests_for("x")] == [1, 2]
+
+
+def test_failed_node_fails_the_run(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    agent.script(
+        node="x", steps=[Result(status="failed", output={"status": "failed", "why": "boom"})]
+    )
+    operators()
+    cluster.apply(agent_run("broken", [task("x", maxAttempts=3), task("w", dependsOn=["x"])]))
+    status = cluster.wait_phase("broken", "Failed", "Completed", timeout=60)
+    assert status["phase"] == "Failed"
+    assert status["detail"] == "node `x` failed after 1/3 attempts"
+    cp = status["checkpoint"]
+    assert cp["lastFailure"]["nodeId"] == "x"
+    assert cp["nodeOutputs"]["x"] == {"status": "failed", "why": "boom"}
+    assert "w" not in cp["nodeAttempts"]
+    assert status["finishedAt"]
+    assert reasons(cp["lifecycleHistory"])[-1] == "run_failed"
+    assert [r.node for r in agent.requests] == ["x"]
+    warnings = [e for e in cluster.events("broken") if e["type"] == "Warning"]
+    assert any(e["reason"] == "RunFailed" for e in warnings)
+
+
+def test_transient_errors_back_off_then_succeed(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    # First an HTTP 500, then a stream dropped mid-way, then the default (completed).
+    agent.script(node="x", steps=[HttpStatus(500, body="overloaded")], times=1)
+    agent.script(node="x", steps=[Activity(), Drop()], times=1)
+    operators()
+    cluster.apply(agent_run("flaky", [task("x", maxAttempts=3)]))
+    seen: set[str] = set()
+
+    def finished() -> dict[str, Any] | None:
+        status = cluster.status("flaky")
+        if status.get("phase") == "Queued":
+            seen.add((status.get("scheduler") or {}).get("queueReason") or "")
+        return status if status.get("phase") in ("Completed", "Failed") else None
+
+    status = wait_for(finished, timeout=60, interval=0.1, what="flaky run to finish")
+    assert status["phase"] == "Completed", status.get("detail")
+    assert "retry_backoff" in seen
+
+    times = [r.monotonic for r in agent.requests_for("x")]
+    assert len(times) == 3
+    # Backoff 2 s after the first transient error, 2 s x 2.5 after the second.
+    assert times[1] - times[0] >= 1.9
+    assert times[2] - times[1] >= 4.9
+    cp = status["checkpoint"]
+    # Transient errors are not attempts of the node: every request was attempt 1.
+    assert [r.attempt for r in agent.requests_for("x")] == [1, 1, 1]
+    assert cp["nodeAttempts"] == {"x": 1}
+    verdicts = [v["status"] for v in cp["nodeAttemptVerdicts"]["x"]]
+    assert verdicts == ["transient_error", "transient_error", "completed"]
+    backoffs = [r for r in cp["lifecycleHistory"] if r["event"] == "run_queued_retry_backoff"]
+    assert len(backoffs) == 2
+    assert all(r["metadata"]["nodes"] == ["x"] for r in backoffs)
+    assert not agent.disconnects or all(d.node == "x" for d in agent.disconnects)
+
+
+def test_endpoint_of_another_namespace_is_never_reached(
+    cluster: Cluster, agent: AgentServer, tmp_path: Any
+) -> None:
+    """The operator watches both namespaces, so it knows the endpoint and still refuses it."""
+    other = f"{cluster.namespace}-other"
+    cluster.kube.kubectl("create", "namespace", other)
+    try:
+        cluster.kube.kubectl(
+            "-n",
+            other,
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "automation.tandem.dev/v1alpha1",
+                    "kind": "AgentEndpoint",
+                    "metadata": {"name": "remote"},
+                    "spec": {"url": agent.url},
+                }
+            ),
+        )
+        operator = OperatorProcess(
+            kube=cluster.kube,
+            namespace=cluster.namespace,
+            also_watch=(other,),
+            log_path=tmp_path / "operator.log",
+        ).start()
+        try:
+            # Prove the operator sees the other namespace: a run there does reach the agent.
+            cluster.kube.kubectl(
+                "-n",
+                other,
+                "apply",
+                "-f",
+                "-",
+                input=json.dumps(
+                    simulated_run(
+                        "local",
+                        [task("x", executor={"endpointRef": {"name": "remote"}})],
+                        agents=[{"agentId": "researcher"}],
+                    )
+                ),
+            )
+            wait_for(
+                lambda: agent.requests_for("x"),
+                timeout=60,
+                what="the run in the endpoint's own namespace to reach the agent",
+            )
+            agent.clear_records()
+            cluster.apply(
+                simulated_run(
+                    "foreign",
+                    [task("w", executor={"endpointRef": {"name": "remote"}})],
+                    agents=[{"agentId": "researcher"}],
+                )
+            )
+            status = cluster.wait_phase("foreign", "Failed", "Completed", timeout=60)
+        finally:
+            operator.kill()
+    finally:
+        cluster.kube.kubectl("delete", "namespace", other, "--wait=false", check=False)
+    assert status["phase"] == "Failed"
+    assert status["detail"] == "node `w` failed after 1/3 attempts"
+    failure = status["checkpoint"]["lastFailure"]
+    assert failure["nodeId"] == "w"
+    expected = f"AgentEndpoint remote not found in namespace {cluster.namespace}"
+    assert expected in failure["reason"]
+    assert expected in status["checkpoint"]["nodeOutputs"]["w"]["error"]
+    assert agent.requests_for("w") == []
+    assert all(r.body["run"]["namespace"] == other for r in agent.requests)
