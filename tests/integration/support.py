@@ -64,6 +64,7 @@ class OperatorProcess:
                 *(arg for ns in self.also_watch for arg in ("--namespace", ns)),
                 "--lease-namespace",
                 self.namespace,
+                *self.env.get("TANDEM_EXTRA_ARGS", "").split(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -205,7 +206,7 @@ def test_endpoint_of_another_namespace_is_never_reached(
     cluster: Cluster, agent: AgentServer, tmp_path: Any
 ) -> None:
     """The operator watches both namespaces, so it knows the endpoint and still refuses it."""
-    other = f"{cluster.namespace}-other"
+    other = f"other-{uuid.uuid4().hex[:8]}"
     cluster.kube.kubectl("create", "namespace", other)
     try:
         cluster.kube.kubectl(

@@ -127,3 +127,6 @@ def test_descendants_are_closed_under_dependency(edges: dict[str, list[str]]) ->
             # A node depending on the root or on a descendant is itself a descendant.
             if root in deps or set(deps) & below:
                 assert node_id in below
+        # And nothing else: every descendant depends on the root or on another descendant.
+        for node_id in below:
+            assert set(edges[node_id]) & (below | {root})

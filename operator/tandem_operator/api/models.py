@@ -241,6 +241,12 @@ class GateDecision(ApiModel):
     decision: GateDecisionValue
     reason: str | None = Field(default=None, max_length=4096)
     request_id: str | None = Field(default=None, max_length=253)
+    decided_by: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The authenticated user who added this entry; set by the operator's "
+        "admission webhook, never trusted from the request",
+    )
 
 
 class AutomationRunSpec(ApiModel):

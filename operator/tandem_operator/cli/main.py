@@ -27,8 +27,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pykube
 
@@ -185,6 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 embedded=embedded,
                 kubeconfig=kubeconfig,
                 examples=args.examples,
+                webhook_options=_webhook_options(args),
+                metrics_port=args.metrics_port,
             )
         )
     except KeyboardInterrupt:
@@ -196,6 +200,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook_options(args: argparse.Namespace) -> Any:
+    if not args.webhook_port:
+        return None
+    from tandem_operator.handlers.operator import WebhookOptions
+
+    cert_dir = args.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="tandem-webhook-"))
+    return WebhookOptions(
+        addr=args.webhook_addr,
+        port=args.webhook_port,
+        host=args.webhook_host or args.webhook_addr,
+        cert_dir=cert_dir,
+    )
+
+
 async def _serve(
     *,
     settings: Settings,
@@ -205,6 +223,8 @@ async def _serve(
     embedded: bool,
     kubeconfig: Path | None,
     examples: Path,
+    webhook_options: Any = None,
+    metrics_port: int = 0,
 ) -> None:
     from tandem_operator.handlers.operator import run_operator
 
@@ -220,6 +240,8 @@ async def _serve(
                 lease_namespace=lease_namespace,
                 liveness_endpoint=liveness,
                 stop_flag=stop,
+                webhook_options=webhook_options,
+                metrics_port=metrics_port,
             )
         )
     ]
@@ -239,6 +261,16 @@ async def _serve(
         exc = task.exception()
         if exc is not None:
             raise exc
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--lease-namespace",
         help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
+    )
+    run.add_argument(
+        "--webhook-port",
+        type=int,
+        default=0,
+        help="serve the admission webhook on this port and register it (0: off)",
+    )
+    run.add_argument("--webhook-addr", default="127.0.0.1", help="address the webhook listens on")
+    run.add_argument(
+        "--webhook-host", default=None, help="host the API server calls (default: addr)"
+    )
+    run.add_argument(
+        "--webhook-cert-dir", type=Path, default=None, help="where to write its TLS certificate"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=9090,
+        help="serve Prometheus metrics at /metrics on this port; 0 disables (default: 9090)",
     )
     run.add_argument(
         "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"

@@ -19,16 +19,21 @@ which keep no per-object progress at all: the run's status is the only state.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
 
 from tandem_operator.api.models import GROUP
 from tandem_operator.api.settings import Settings
+from tandem_operator.handlers import webhook
 from tandem_operator.handlers.kubeapi import KubeApi
 from tandem_operator.handlers.leader import Leadership, new_identity
+from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
 from tandem_operator.handlers.reconciler import Reconciler
 from tandem_operator.lifecycle.engine import Event
 
@@ -47,22 +52,80 @@ def _emit(body: Mapping[str, Any], event: Event) -> None:
     )
 
 
+class _EventPoster:
+    """Posts Kubernetes Events through kopf from any task of the operator.
+
+    ``kopf.event`` finds kopf's poster queue through context variables that kopf sets only
+    in the tasks that run handlers. Reconciles also run in tasks that never passed through
+    a handler (the lifecycle tick, leadership changes, wake-ups and attempt outcomes that
+    descend from them), where ``kopf.event`` raises ``LookupError``. The poster remembers
+    the context of a handler and posts from it there. Posting is best effort: an Event that
+    cannot be queued is logged and never stops the reconcile that emits it, which still has
+    attempts to start.
+    """
+
+    def __init__(self) -> None:
+        self._context: contextvars.Context | None = None
+
+    def remember(self) -> None:
+        """Called from handlers: keep a context in which kopf can post."""
+        if self._context is None:
+            self._context = contextvars.copy_context()
+
+    def __call__(self, body: Mapping[str, Any], event: Event) -> None:
+        try:
+            try:
+                _emit(body, event)
+            except LookupError:
+                if self._context is None:
+                    raise
+                self._context.run(_emit, body, event)
+        except Exception:
+            meta = body.get("metadata", {})
+            log.exception(
+                "Event not posted reason=%s run=%s/%s",
+                event.reason,
+                meta.get("namespace"),
+                meta.get("name"),
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookOptions:
+    """Where the admission webhook listens and which host the API server calls."""
+
+    addr: str
+    port: int
+    host: str
+    cert_dir: Path
+
+
 def build_registry(
-    *, settings: Settings, lease_namespace: str, identity: str | None = None
+    *,
+    settings: Settings,
+    lease_namespace: str,
+    identity: str | None = None,
+    webhook_options: WebhookOptions | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> tuple[kopf.OperatorRegistry, Reconciler, Leadership]:
     """A registry with every handler bound to one reconciler and one leadership."""
     registry = kopf.OperatorRegistry()
+    if webhook_options is not None:
+        webhook.register(registry)
     api = KubeApi()
     me = identity or new_identity()
     holder: dict[str, Leadership] = {}
+    poster = _EventPoster()
     reconciler = Reconciler(
         api=api,
         settings=settings,
         identity=me,
-        emit=_emit,
+        emit=poster,
         live_instances=lambda: holder["leader"].live_instances(),
         is_leader=lambda: holder["leader"].is_leader,
+        metrics=metrics,
     )
+    reconciler.metrics.watch_runs(lambda: list(reconciler.caches.runs.values()))
 
     async def leadership_changed(leader: bool) -> None:
         reconciler.on_leadership(leader)
@@ -102,6 +165,14 @@ def build_registry(
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.batching.worker_limit = 64
+        if webhook_options is not None:
+            settings.admission.server = webhook.server(
+                addr=webhook_options.addr,
+                port=webhook_options.port,
+                host=webhook_options.host,
+                cert_dir=webhook_options.cert_dir,
+            )
+            settings.admission.managed = webhook.MANAGED_NAME
         task = asyncio.create_task(leadership.run(), name="leadership")
         background.add(task)
         ticks = asyncio.create_task(lifecycle_ticks(), name="lifecycle-ticks")
@@ -118,6 +189,9 @@ def build_registry(
 
     @kopf.on.event(GROUP, "automationruns", registry=registry)
     async def run_event(event: Mapping[str, Any], **_: Any) -> None:
+        # A run is reconciled only once it is in the cache, which only this handler fills,
+        # so the poster has a context before the first Event of any run.
+        poster.remember()
         body = event.get("object") or {}
         deleted = event.get("type") == "DELETED"
         reconciler.observe("runs", body, deleted=deleted)
@@ -160,13 +234,27 @@ async def run_operator(
     lease_namespace: str,
     liveness_endpoint: str | None = None,
     stop_flag: asyncio.Event | None = None,
+    webhook_options: WebhookOptions | None = None,
+    metrics_port: int = 0,
 ) -> None:
-    registry, _, _ = build_registry(settings=settings, lease_namespace=lease_namespace)
-    await kopf.operator(
-        registry=registry,
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces or [],
-        liveness_endpoint=liveness_endpoint,
-        stop_flag=stop_flag,
+    metrics = OperatorMetrics(process_collectors=True)
+    registry, _, _ = build_registry(
+        settings=settings,
+        lease_namespace=lease_namespace,
+        webhook_options=webhook_options,
+        metrics=metrics,
     )
+    # /metrics on the operator's own loop (see handlers.metrics); port 0 turns it off.
+    server = await serve_metrics(metrics, port=metrics_port) if metrics_port else None
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces or [],
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+        )
+    finally:
+        if server is not None:
+            await server.cleanup()

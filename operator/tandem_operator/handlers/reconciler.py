@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from tandem_operator.execution.runner import AttemptRunner, RunKey
 from tandem_operator.execution.simulate import SimulateExecutor
 from tandem_operator.execution.types import AttemptRequest, Executor
 from tandem_operator.handlers.kubeapi import Conflict, Gone, KubeApi, merge_patch
+from tandem_operator.handlers.metrics import OperatorMetrics, executor_kind
 from tandem_operator.lifecycle.clock import format_ms, parse_ms, wall_ms
 from tandem_operator.lifecycle.engine import (
     Decision,
@@ -91,8 +93,10 @@ class Reconciler:
         emit: EmitEvent,
         live_instances: Callable[[], frozenset[str]],
         is_leader: Callable[[], bool],
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api = api
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.settings = settings
         self.identity = identity
         self.emit = emit
@@ -134,14 +138,14 @@ class Reconciler:
         if key in self._pending:
             return
         self._pending.add(key)
-        task = asyncio.create_task(self._kicked(key))
+        task = asyncio.create_task(self._kicked(key, time.monotonic()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _kicked(self, key: RunKey) -> None:
+    async def _kicked(self, key: RunKey, kicked_at: float) -> None:
         self._pending.discard(key)
         try:
-            await self.reconcile(key)
+            await self.reconcile(key, kicked_at=kicked_at)
         except Exception:
             log.exception("Reconcile failed run=%s/%s", *key)
 
@@ -171,7 +175,8 @@ class Reconciler:
 
     # -- the reconcile ----------------------------------------------------------------
 
-    async def reconcile(self, key: RunKey) -> None:
+    async def reconcile(self, key: RunKey, *, kicked_at: float | None = None) -> None:
+        """Decide and apply for one run; ``kicked_at`` (monotonic) is its first trigger."""
         if not self.is_leader():
             return
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -183,11 +188,12 @@ class Reconciler:
                 try:
                     if self._may_admit(body):
                         async with self._admission:
-                            await self._reconcile_once(key, body)
+                            await self._reconcile_once(key, body, kicked_at=kicked_at)
                     else:
-                        await self._reconcile_once(key, body)
+                        await self._reconcile_once(key, body, kicked_at=kicked_at)
                     return
                 except Conflict:
+                    self.metrics.status_write_conflict()
                     try:
                         fresh = await self.api.get(plural=PLURAL, namespace=key[0], name=key[1])
                     except Gone:
@@ -205,7 +211,9 @@ class Reconciler:
         status = body.get("status") or {}
         return status.get("phase") in (None, "Queued", "Paused", "AwaitingApproval")
 
-    async def _reconcile_once(self, key: RunKey, body: dict[str, Any]) -> None:
+    async def _reconcile_once(
+        self, key: RunKey, body: dict[str, Any], *, kicked_at: float | None = None
+    ) -> None:
         meta = body.get("metadata", {})
         raw_status = body.get("status") or None
         try:
@@ -255,6 +263,10 @@ class Reconciler:
                 )
                 self.observe("runs", stored)
                 body = stored
+                self.metrics.decision_stored(
+                    decision,
+                    latency_seconds=None if kicked_at is None else time.monotonic() - kicked_at,
+                )
         await self._act(key, body, decision, definition, spec)
 
     async def _act(
@@ -267,6 +279,7 @@ class Reconciler:
     ) -> None:
         for event in decision.events:
             self.emit(body, event)
+        self._count_outcomes(key, decision.consumed, definition)
         self.runner.consume(key, decision.consumed)
         if decision.cancel:
             self.runner.cancel(key, decision.cancel)
@@ -284,6 +297,26 @@ class Reconciler:
         wake = self._next_deadline(decision.status, definition)
         if wake is not None:
             self._wake_at(key, wake)
+
+    def _count_outcomes(
+        self, key: RunKey, consumed: int, definition: AutomationSpec | None
+    ) -> None:
+        outcomes = self.runner.outcomes(key)[:consumed]
+        if not outcomes:
+            return
+        nodes = {n.id: n for n in definition.nodes} if definition is not None else {}
+        endpoints = {
+            a.agent_id: a.endpoint_ref.name
+            for a in (definition.agents if definition is not None else [])
+            if a.endpoint_ref is not None
+        }
+
+        def kind(node_id: str) -> str:
+            node = nodes.get(node_id)
+            agent = node.agent_id if node is not None else None
+            return executor_kind(node, agent_endpoint=endpoints.get(agent or ""))
+
+        self.metrics.outcomes_applied((kind(o.node_id), o) for o in outcomes)
 
     def _next_deadline(
         self, status: AutomationRunStatus, definition: AutomationSpec | None

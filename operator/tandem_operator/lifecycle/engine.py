@@ -46,7 +46,7 @@ from tandem_operator.api.models import (
 )
 from tandem_operator.api.settings import Settings
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
-from tandem_operator.lifecycle.flow import descendants, nodes_by_id
+from tandem_operator.lifecycle.flow import descendants, find_cycle, nodes_by_id
 
 RESTART_DETAIL = "automation run interrupted by server restart"
 PAUSING_SETTLED_REASON = "automation run settled to paused after server restart"
@@ -57,6 +57,8 @@ BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_FACTOR = 2.5
 BACKOFF_CAP_SECONDS = 8.0
 MAX_OUTPUT_BYTES = 16 * 1024
+MAX_VERDICTS = 20
+"""Verdicts kept per node in ``nodeAttemptVerdicts`` (newest last)."""
 _DETAIL_NODE = re.compile(r"node `([^`]+)`")
 
 QueueVerdict = Literal["admit", "capacity", "workspace_lock"]
@@ -109,8 +111,6 @@ class Observation:
     """Nodes with an attempt running in this process right now."""
     last_activity_ms: int | None = None
     shutting_down: bool = False
-    decided_by: Mapping[str, str] = field(default_factory=dict)
-    """Gate-decision key (requestId or ``#index``) → the authenticated user who wrote it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,6 +353,10 @@ def _recover_orphan(w: _Work) -> None:
     if w.s.phase not in ACTIVE_PHASES or not _orphaned(w):
         return
     if w.s.phase == "Pausing":
+        # As when a pause settles normally (_settle_pausing), the attempts the pause cut
+        # short do not count against their nodes; otherwise a resume could go past
+        # maxAttempts.
+        _release_in_flight_attempts(w)
         w.phase_to("Paused")
         w.s.pause_reason = w.s.pause_reason or PAUSING_SETTLED_REASON
         w.record("run_pausing_settled_on_restart", reason=w.s.pause_reason)
@@ -410,7 +414,9 @@ def _recover(w: _Work) -> None:
         for n, out in w.cp.node_outputs.items()
         if str(out.get("status", "")).lower() in ("failed", "blocked")
     }
-    roots = failed | set(w.cp.blocked_nodes)
+    # Nodes interrupted without an output (a B1 restart failure) count as failed: left
+    # alone, their next attempt would go past maxAttempts.
+    roots = failed | set(w.cp.blocked_nodes) | set(w.in_progress())
     flow = w.flow()
     reset = roots | (descendants(flow, roots) if flow else set())
     w.reset_nodes(reset)
@@ -455,7 +461,7 @@ def _gate_decisions(w: _Work) -> None:
                 f"gate {gate.node_id} does not allow decision {decision.decision}",
             )
             continue
-        _apply_gate_decision(w, gate, decision, key=key, decided_by=w.obs.decided_by.get(key))
+        _apply_gate_decision(w, gate, decision, key=key, decided_by=decision.decided_by)
         seen.add(key)
     _set_decisions_seen(w, len(decisions))
 
@@ -718,6 +724,19 @@ def _admit(w: _Work) -> None:
         )
         w.record("run_failed", reason=RUNTIME_CONTEXT_DETAIL, warning=True)
         return
+    cycle = find_cycle(flow)
+    if cycle is not None:
+        # CEL cannot reject a cycle at admission; without this check the nodes on it would
+        # never become runnable and the run would end Blocked for no visible reason.
+        detail = f"dependency cycle in flow: {' -> '.join(cycle)}"
+        w.phase_to("Failed")
+        w.s.detail = detail
+        w.s.stop_reason = detail
+        w.cp.last_failure = LastFailure(
+            node_id=cycle[0], reason=detail, failed_at=w.now, failure_kind="invalid_definition"
+        )
+        w.record("run_failed", reason=detail, warning=True)
+        return
     if not w.cp.pending_nodes and not w.cp.completed_nodes and not w.cp.blocked_nodes:
         w.cp.pending_nodes = [n.id for n in flow.nodes]
     scheduler = w.s.scheduler or Scheduler(queued_at=w.now)
@@ -767,7 +786,8 @@ def _apply_outcomes(w: _Work) -> None:
             usage.total_tokens += total
             cost = Decimal(usage.estimated_cost_usd or "0") + Decimal(total) / 1000 * cost_per_1k
             usage.estimated_cost_usd = _decimal_text(cost)
-        if w.s.phase != "Running":
+        # B12: attempts may finish while the run is Pausing; their results count.
+        if w.s.phase not in ACTIVE_PHASES:
             continue
         node_id = out.node_id
         if (
@@ -776,17 +796,26 @@ def _apply_outcomes(w: _Work) -> None:
             or node_id in w.cp.node_outputs
         ):
             continue
+        if w.s.phase == "Pausing" and (out.cancelled or out.transient):
+            # The attempt was cut short by the pause: _settle_pausing gives it back, once.
+            continue
         node = w.node(node_id)
         verdicts = w.cp.node_attempt_verdicts.setdefault(node_id, [])
         if out.cancelled:
+            if w.obs.shutting_down:
+                # B15: cut off by the shutdown grace period, not by a rule. The attempt stays
+                # in progress so the next operator applies B1/B1r to it, as after a crash.
+                continue
             w.cp.node_attempts[node_id] = max(0, out.attempt - 1)
             verdicts.append({"attempt": out.attempt, "status": "cancelled", "at": w.now})
+            del verdicts[:-MAX_VERDICTS]
             continue
         if out.transient:
-            failures = 1 + sum(1 for v in verdicts if v.get("status") == "transient_error")
+            failures = 1 + _trailing_transient_errors(verdicts)
             verdicts.append(
                 {"attempt": out.attempt, "status": "transient_error", "error": out.error}
             )
+            del verdicts[:-MAX_VERDICTS]
             if failures < MAX_TRANSIENT_RETRIES:
                 w.cp.node_attempts[node_id] = max(0, out.attempt - 1)
                 delay_ms = int(backoff_seconds(failures) * 1000)
@@ -804,15 +833,17 @@ def _apply_outcomes(w: _Work) -> None:
         elif out.error is not None:
             status, output = "failed", {"status": "failed", "error": out.error}
         else:
-            status = out.status if out.status in _NODE_STATUSES else "failed"
+            reported = out.status.lower()
+            status = reported if reported in _NODE_STATUSES else "failed"
             output = {**out.output, "status": status}
         verdicts.append({"attempt": out.attempt, "status": status, "at": w.now})
-        del verdicts[:-20]
+        del verdicts[:-MAX_VERDICTS]
         limit = node.max_attempts if node else 1
         if status == "needs_repair" and out.attempt >= limit:
             w.set_output(node_id, {**output, "status": "failed", "exhausted": True})
             _node_failed(w, node_id, node, f"node `{node_id}` exhausted its attempts", "exhausted")
-            return
+            # The remaining outcomes still bring their usage (B17).
+            continue
         w.set_output(node_id, output)
         if status == "completed":
             w.cp.completed_nodes = [*w.cp.completed_nodes, node_id]
@@ -822,13 +853,28 @@ def _apply_outcomes(w: _Work) -> None:
             w.cp.pending_nodes = [n for n in w.cp.pending_nodes if n != node_id]
             w.cp.blocked_nodes = [*w.cp.blocked_nodes, node_id]
         elif status == "failed":
-            _node_failed(w, node_id, node, f"node `{node_id}` reported failed", "failed")
-            return
+            if out.error is not None:
+                # The executor could not run the attempt (no such endpoint, 401, protocol
+                # error): lastFailure carries its message, which names the cause.
+                _node_failed(w, node_id, node, out.error, "executor_error")
+            else:
+                _node_failed(w, node_id, node, f"node `{node_id}` reported failed", "failed")
+            continue
         else:
             w.s.detail = f"node `{node_id}` needs repair; retrying"
 
 
 _NODE_STATUSES = frozenset({"completed", "needs_repair", "failed", "blocked"})
+
+
+def _trailing_transient_errors(verdicts: Sequence[Mapping[str, Any]]) -> int:
+    """Transient errors in a row at the end of a node's verdicts (the back-off count)."""
+    count = 0
+    for verdict in reversed(verdicts):
+        if verdict.get("status") != "transient_error":
+            break
+        count += 1
+    return count
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -893,9 +939,10 @@ def _stale_reap(w: _Work) -> None:
         if (node := w.node(node_id)) is not None and node.timeout_seconds
     ]
     threshold = max([w.obs.settings.stale_running_ms, *timeouts])
-    last = w.obs.last_activity_ms
-    if last is None:
-        last = parse_ms(w.cp.last_activity_at) or parse_ms(w.s.started_at)
+    # The latest sign of life: the runner's (any streamed line) or the last dispatch kept in
+    # status (which survives restarts); the run's start when neither is known.
+    seen = [t for t in (w.obs.last_activity_ms, parse_ms(w.cp.last_activity_at)) if t is not None]
+    last = max(seen) if seen else parse_ms(w.s.started_at)
     if last is None or w.obs.now_ms - last < threshold:
         return
     failed_node: str | None = None
@@ -952,8 +999,6 @@ def _dispatch(w: _Work) -> None:
     flow = w.flow()
     if w.s.phase != "Running" or flow is None:
         return
-    if w.obs.shutting_down:
-        return
     nodes = nodes_by_id(flow)
     completed = set(w.cp.completed_nodes)
     blocked = set(w.cp.blocked_nodes)
@@ -990,6 +1035,19 @@ def _dispatch(w: _Work) -> None:
         )
         return
     if tasks:
+        if w.obs.shutting_down:
+            # B15: no new attempt; the run waits Running for the next operator (B1/B1r).
+            return
+        spent = [n for n in tasks if w.cp.node_attempts.get(n.id, 0) >= n.max_attempts]
+        if spent:
+            # An attempt that ended without an outcome (lost between the status write and
+            # the start, or interrupted by hand-edited status) used the node's last attempt:
+            # never start one past maxAttempts.
+            node = spent[0]
+            previous = w.cp.node_outputs.get(node.id) or {}
+            w.set_output(node.id, {**previous, "status": "failed", "exhausted": True})
+            _node_failed(w, node.id, node, f"node `{node.id}` exhausted its attempts", "exhausted")
+            return
         slots = flow.execution.max_parallel_nodes - len(in_flight)
         for node in tasks[: max(0, slots)]:
             attempt = w.cp.node_attempts.get(node.id, 0) + 1
@@ -1139,12 +1197,22 @@ def _finalize(w: _Work) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-_DERIVED = frozenset({"conditions", "progress", "updated_at"})
+_DERIVED = frozenset({"conditions", "progress", "updated_at", "observed_generation"})
 
 
 def _core(status: AutomationRunStatus) -> dict[str, Any]:
     """The status without the fields derived from it: a change here is worth a write."""
     return status.model_dump(exclude=set(_DERIVED))
+
+
+def _generation_moved(before: AutomationRunStatus, generation: int) -> bool:
+    """The spec changed since the operator last wrote status: say so in observedGeneration.
+
+    A status without ``observedGeneration`` (written by hand, or by an older operator) is
+    not rewritten just to add it: B3 promises no write to a Paused or AwaitingApproval run
+    on restart, and the next real change records the generation anyway.
+    """
+    return before.observed_generation is not None and before.observed_generation != generation
 
 
 def decide(obs: Observation) -> Decision:
@@ -1169,10 +1237,13 @@ def decide(obs: Observation) -> Decision:
             _stale_reap(w)
             _dispatch(w)
             _settle_pausing(w)
+        else:
+            # Attempts that end after the run did still bring their usage (B17).
+            _apply_outcomes(w)
     else:
         _apply_outcomes(w)
     _finalize(w)
-    changed = fresh or _core(w.s) != _core(before)
+    changed = fresh or _core(w.s) != _core(before) or _generation_moved(before, obs.generation)
     if changed:
         w.s.updated_at = w.now
     return Decision(

@@ -53,3 +53,16 @@ def find_cycle(flow: AutomationSpec) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+def upstream(flow: AutomationSpec, node_id: str) -> set[str]:
+    """Every node ``node_id`` depends on, directly or through other nodes."""
+    deps = {node.id: list(node.depends_on) for node in flow.nodes}
+    seen: set[str] = set()
+    stack = list(deps.get(node_id, []))
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(deps.get(current, []))
+    return seen

@@ -1,0 +1,282 @@
+"""Prometheus metrics of the operator, served at ``/metrics`` on the metrics port.
+
+Two kinds of numbers, two sources:
+
+* **Gauges are read from the reconciler's run cache at scrape time** by a custom collector
+  (runs by phase, queue depth by queue reason, workspace locks held). Nothing has to keep
+  them in step with transitions, they cannot drift, and a standby (whose cache is as warm
+  as the leader's) reports the same values. A scrape walks the cache once: O(runs), no
+  per-run series.
+* **Counters and the histogram count what this process did**, and only the leader does
+  anything: they move when a reconcile has *stored* a status (transitions, auto-resumes,
+  stale gates, reaps, transition latency), when executor outcomes were applied, and when a
+  status write lost a race (409). A decision that failed to be written counts nothing; the
+  retry that stores it counts once.
+
+Labels are bounded enumerations (lifecycle event names, phases, queue reasons, executor
+kinds, attempt statuses); no label carries a run, node or namespace name, so the number of
+series does not grow with the number of runs.
+
+The endpoint is an aiohttp handler on the operator's own event loop rather than
+``prometheus_client.start_http_server``: the collector reads the run cache, which only
+the event loop mutates, so scraping on the loop sees a consistent cache without locks
+(a server thread could iterate the cache while the loop resizes it). aiohttp is already
+a dependency, and the scrape is cheap enough not to hold up reconciles. The registry is
+private to the operator (not the process-wide default), so several operators in one test
+process never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from tandem_operator.api.models import ACTIVE_PHASES, Node
+from tandem_operator.lifecycle.engine import AttemptOutcome, Decision
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tandem_automation_"
+PHASES = (
+    "Queued",
+    "Running",
+    "Pausing",
+    "Paused",
+    "AwaitingApproval",
+    "Completed",
+    "Blocked",
+    "Failed",
+    "Cancelled",
+)
+QUEUE_REASONS = ("capacity", "workspace_lock", "rate_limit", "retry_backoff", "none")
+"""``none``: a Queued run whose admission has not been decided yet (no queueReason)."""
+ATTEMPT_STATUSES = frozenset(
+    {"completed", "needs_repair", "failed", "blocked", "transient", "cancelled", "executor_error"}
+)
+AUTO_RESUME_REASONS = ("auto_resume_after_stale_reap", "auto_resume_after_guardrail_override")
+REAP_EVENTS = {
+    "run_paused_stale_no_provider_activity": "paused",
+    "run_failed_stale_no_provider_activity": "failed",
+}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RunsSource = Callable[[], Iterable[Mapping[str, Any]]]
+
+
+def executor_kind(node: Node | None, *, agent_endpoint: str | None = None) -> str:
+    """The executor label of a node: ``simulate``, ``agent_endpoint`` or ``none``."""
+    ex = node.executor if node is not None else None
+    if ex is not None and ex.simulate is not None:
+        return "simulate"
+    if (ex is not None and ex.endpoint_ref is not None) or agent_endpoint:
+        return "agent_endpoint"
+    return "none"
+
+
+def attempt_status(outcome: AttemptOutcome) -> str:
+    """The status label of an attempt outcome.
+
+    ``cancelled`` (pause, budget, shutdown), ``transient`` (dropped stream, 5xx: retried
+    with back-off), ``executor_error`` (the attempt could not run: missing endpoint, 4xx,
+    protocol error), else the status the agent reported.
+    """
+    if outcome.cancelled:
+        return "cancelled"
+    if outcome.transient:
+        return "transient"
+    if outcome.error is not None:
+        return "executor_error"
+    return outcome.status if outcome.status in ATTEMPT_STATUSES else "failed"
+
+
+def _workspace_root(body: Mapping[str, Any]) -> str | None:
+    status = body.get("status") or {}
+    flow = status.get("automationSnapshot") or (body.get("spec") or {}).get("automation") or {}
+    root = (flow.get("workspace") or {}).get("root")
+    return str(root) if root else None
+
+
+def run_gauges(runs: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
+    """The cache-derived gauges for ``runs`` (raw AutomationRun objects): pure, one pass.
+
+    Runs the operator has not written yet (no ``status.phase``) are in no phase. Every
+    phase and queue reason is reported, zero included, so dashboards see stable series.
+    """
+    phases = dict.fromkeys(PHASES, 0)
+    queued = dict.fromkeys(QUEUE_REASONS, 0)
+    locks: set[str] = set()
+    for body in runs:
+        status = body.get("status") or {}
+        phase = status.get("phase")
+        if phase in phases:
+            phases[phase] += 1
+        if phase == "Queued":
+            reason = (status.get("scheduler") or {}).get("queueReason") or "none"
+            queued[reason if reason in queued else "none"] += 1
+        if phase in ACTIVE_PHASES and (root := _workspace_root(body)):
+            locks.add(root)
+    by_phase = GaugeMetricFamily(
+        f"{PREFIX}runs", "AutomationRuns known to the operator, by phase", labels=["phase"]
+    )
+    for phase, count in phases.items():
+        by_phase.add_metric([phase], count)
+    depth = GaugeMetricFamily(
+        f"{PREFIX}queue_depth",
+        "Queued AutomationRuns, by status.scheduler.queueReason",
+        labels=["queue_reason"],
+    )
+    for reason, count in queued.items():
+        depth.add_metric([reason], count)
+    held = GaugeMetricFamily(
+        f"{PREFIX}workspace_locks_held",
+        "Distinct workspace.root values held by Running or Pausing runs",
+        value=len(locks),
+    )
+    return [by_phase, depth, held]
+
+
+class _RunsCollector(Collector):
+    def __init__(self, source: RunsSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return run_gauges(())
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from run_gauges(self._source())
+        except Exception:
+            # A scrape must never take the operator down; the gauges are simply absent.
+            log.exception("Run gauges not collected")
+
+
+class OperatorMetrics:
+    """Every metric of one operator process, in a registry of its own."""
+
+    def __init__(self, *, process_collectors: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        if process_collectors:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self.transitions = Counter(
+            f"{PREFIX}transitions",
+            "Lifecycle records stored by the leader, by event name",
+            ["event"],
+            registry=self.registry,
+        )
+        self.auto_resumes = Counter(
+            f"{PREFIX}auto_resumes",
+            "Runs re-queued automatically (B6 stale reap, B7 guardrail override), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.stale_gates = Counter(
+            f"{PREFIX}stale_gates_marked",
+            "Approval gates marked stale (B4)",
+            registry=self.registry,
+        )
+        self.reaps = Counter(
+            f"{PREFIX}reaps",
+            "Running runs reaped for lack of executor activity (B5), by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.transition_latency = Histogram(
+            f"{PREFIX}transition_latency_seconds",
+            "Seconds from the first trigger of a reconcile to the stored status write that "
+            "applied a transition",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            f"{PREFIX}executor_attempts",
+            "Attempt outcomes applied to runs, by executor kind and status",
+            ["executor", "status"],
+            registry=self.registry,
+        )
+        self.write_conflicts = Counter(
+            f"{PREFIX}status_write_conflicts",
+            "Status writes refused with 409 (the run changed since it was read)",
+            registry=self.registry,
+        )
+        for reason in AUTO_RESUME_REASONS:
+            self.auto_resumes.labels(reason=reason)
+        for outcome in REAP_EVENTS.values():
+            self.reaps.labels(outcome=outcome)
+
+    def watch_runs(self, source: RunsSource) -> None:
+        """Report the run gauges from ``source`` (called at every scrape, on the loop)."""
+        self.registry.register(_RunsCollector(source))
+
+    def decision_stored(self, decision: Decision, *, latency_seconds: float | None) -> None:
+        """A decision's status was written: count its lifecycle records.
+
+        ``latency_seconds`` is observed only for decisions that carry records (transitions);
+        a status write that only refreshes a heartbeat or usage is not a transition.
+        """
+        if not decision.records:
+            return
+        for record in decision.records:
+            self.transitions.labels(event=record.event).inc()
+            if record.event == "run_auto_resumed" and record.reason in AUTO_RESUME_REASONS:
+                self.auto_resumes.labels(reason=record.reason).inc()
+            elif record.event == "approval_gate_marked_stale":
+                self.stale_gates.inc()
+            elif record.event in REAP_EVENTS:
+                self.reaps.labels(outcome=REAP_EVENTS[record.event]).inc()
+        if latency_seconds is not None:
+            self.transition_latency.observe(max(0.0, latency_seconds))
+
+    def outcomes_applied(self, outcomes: Iterable[tuple[str, AttemptOutcome]]) -> None:
+        """Attempt outcomes a stored (or unchanged) decision took into account.
+
+        Each item is ``(executor kind, outcome)``; see :func:`executor_kind`.
+        """
+        for kind, outcome in outcomes:
+            self.attempts.labels(executor=kind, status=attempt_status(outcome)).inc()
+
+    def status_write_conflict(self) -> None:
+        self.write_conflicts.inc()
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The current metrics in the format ``accept`` asks for (Prometheus text by default)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+async def serve_metrics(
+    metrics: OperatorMetrics, *, port: int, host: str = "0.0.0.0"
+) -> web.AppRunner | None:
+    """Serve ``/metrics`` on ``host:port`` from the running loop; ``None`` if it cannot bind.
+
+    A port that is taken does not stop the operator: reconciling matters more than being
+    scraped, and the error is logged with the port so the clash is easy to find.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        log.error("Metrics endpoint not started host=%s port=%d error=%s", host, port, exc)
+        await runner.cleanup()
+        return None
+    log.info("Metrics endpoint started host=%s port=%d path=/metrics", host, port)
+    return runner

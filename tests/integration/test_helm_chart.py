@@ -1,0 +1,327 @@
+"""The Helm chart against the real API server: its RBAC is enough for the operator, and no more.
+
+The local control plane has RBAC on but no controller-manager or kubelet, so the chart's
+Deployment never gets a pod. The test does what the pod would do instead: it asks the API
+server for a token of the chart's ServiceAccount (TokenRequest, as the kubelet does), and
+runs the operator on this machine with exactly the container command line and environment
+of the installed Deployment, authenticated only by that token. A run with an approval gate
+then has to go all the way to Completed, which needs every rule the operator uses; after
+that the same token is refused what the operator must never do.
+
+Runs are approved by a second ServiceAccount bound to the chart's ``-edit`` and ``-view``
+ClusterRoles, the access the built-in ``edit`` role aggregates (aggregation itself is done
+by the controller-manager, which is not running here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Cluster, sim, simulated_run, wait_for
+
+from tandem_operator.devcluster.session import KubeSession
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "tandem-operator"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def helm(kube: KubeSession, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(kube.tools.helm), f"--kubeconfig={kube.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def token_kubeconfig(kube: KubeSession, *, account: str, namespace: str, path: Path) -> Path:
+    token = kube.kubectl("create", "token", account, "-n", namespace).stdout.strip()
+    return kube.token_kubeconfig(token, path)
+
+
+def can_i(kube: KubeSession, kubeconfig: Path, *args: str) -> bool:
+    proc = kube.kubectl("auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), proc.stderr
+    return answer == "yes"
+
+
+def refused(kube: KubeSession, kubeconfig: Path, *args: str) -> str:
+    """Run a real request with ``kubeconfig``; it must fail as Forbidden. Returns stderr."""
+    proc = kube.kubectl(*args, kubeconfig=kubeconfig, check=False)
+    assert proc.returncode != 0, f"kubectl {' '.join(args)} was allowed: {proc.stdout}"
+    assert "forbidden" in proc.stderr.lower(), proc.stderr
+    return proc.stderr
+
+
+class DeployedOperator:
+    """The operator process started with the installed Deployment's command line and env."""
+
+    def __init__(self, *, deployment: dict[str, Any], kubeconfig: Path, log_path: Path) -> None:
+        pod = deployment["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        assert main["command"] == ["tandem-operator"]
+        namespace = deployment["metadata"]["namespace"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+        env.pop("KUBECONFIG", None)
+        for var in main["env"]:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                # The API server defaults fieldRef.apiVersion to v1.
+                assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+                env[var["name"]] = namespace
+        env["PYTHONPATH"] = str(REPO / "operator")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.args = list(main["args"])
+        self.env = env
+        self.log_path = log_path
+        argv = [sys.executable, "-m", "tandem_operator.cli.main", *self.args]
+        argv += ["--kubeconfig", str(kubeconfig)]
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def release(crds: KubeSession, namespace: str) -> Iterator[str]:
+    """A release name unique to the test; uninstalled (cluster-scoped roles too) at the end."""
+    name = f"op-{namespace.rsplit('-', 1)[-1]}"
+    yield name
+    subprocess.run(
+        [
+            str(crds.tools.helm),
+            f"--kubeconfig={crds.kubeconfig}",
+            "uninstall",
+            name,
+            "-n",
+            namespace,
+            "--wait=false",
+        ],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def gated_run(name: str) -> dict[str, Any]:
+    approval = {"title": "Check the draft", "decisions": ["approve", "rework", "cancel"]}
+    return simulated_run(
+        name,
+        [
+            sim("draft"),
+            {"id": "review", "kind": "Approval", "dependsOn": ["draft"], "approval": approval},
+            sim("publish", dependsOn=["review"]),
+        ],
+    )
+
+
+def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
+    crds: KubeSession, namespace: str, release: str, tmp_path: Path
+) -> None:
+    kube = crds
+    cluster = Cluster(kube, namespace)
+    health_port = free_port()
+    install = helm(
+        kube,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--skip-crds",  # the crds fixture installed them as the admin
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"healthPort={health_port}",
+        "--set",
+        "leaseSeconds=4",
+        "--set",
+        "shutdownGraceSeconds=3",
+        "--set",
+        "settings.lifecycleTimerIntervalSeconds=1",
+    )
+    fullname = f"{release}-tandem-operator"
+    # NOTES.txt names the Deployment to watch; it is the one installed.
+    assert f"rollout status deployment/{fullname}" in install.stdout
+    deployment = kube.kubectl_json("get", "deployment", fullname, "-n", namespace)
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == fullname
+
+    operator_kc = token_kubeconfig(
+        kube, account=fullname, namespace=namespace, path=tmp_path / "operator.kubeconfig"
+    )
+    who = kube.kubectl_json("auth", "whoami", kubeconfig=operator_kc)
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{fullname}"
+
+    # A person with the chart's edit + view roles in this namespace.
+    kube.kubectl("create", "serviceaccount", "editor", "-n", namespace)
+    for role in ("edit", "view"):
+        kube.kubectl(
+            "create",
+            "rolebinding",
+            f"editor-{role}",
+            "-n",
+            namespace,
+            f"--clusterrole={fullname}-{role}",
+            f"--serviceaccount={namespace}:editor",
+        )
+    editor_kc = token_kubeconfig(
+        kube, account="editor", namespace=namespace, path=tmp_path / "editor.kubeconfig"
+    )
+
+    operator = DeployedOperator(
+        deployment=deployment, kubeconfig=operator_kc, log_path=tmp_path / "operator.log"
+    )
+    try:
+        assert operator.args[-1] == f"--liveness=http://0.0.0.0:{health_port}/healthz"
+        cluster.apply(gated_run("gated"))
+        status = cluster.wait_phase("gated", "AwaitingApproval", timeout=60)
+        assert status["checkpoint"]["awaitingGate"]["nodeId"] == "review"
+
+        # The probes' endpoint answers.
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{health_port}/healthz", timeout=10
+        ) as response:
+            assert response.status == 200
+
+        decision = {"gate": "review", "decision": "approve", "requestId": "r1"}
+        kube.kubectl(
+            "-n",
+            namespace,
+            "patch",
+            "automationrun",
+            "gated",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"gateDecisions": [decision]}}),
+            kubeconfig=editor_kc,
+        )
+        status = cluster.wait_phase("gated", "Completed", "Failed", timeout=60)
+        assert status["phase"] == "Completed", status.get("detail")
+        events = [r["event"] for r in status["checkpoint"]["lifecycleHistory"]]
+        assert "run_awaiting_approval" in events
+        assert events[-1] == "run_completed"
+        # Events were posted with the operator's token.
+        reasons = wait_for(
+            lambda: (
+                {e["reason"] for e in cluster.events("gated")} >= {"RunCompleted"}
+                and {e["reason"] for e in cluster.events("gated")}
+            ),
+            timeout=30,
+            what="the operator's Events",
+        )
+        assert "RunAwaitingApproval" in reasons
+        lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
+        assert lease["spec"]["holderIdentity"]
+        # The editor may drive runs but not write their status.
+        assert not can_i(
+            kube,
+            editor_kc,
+            "patch",
+            "automationruns.automation.tandem.dev",
+            "--subresource=status",
+            "-n",
+            namespace,
+        )
+        # Budget approvals are for admins, not editors.
+        overrides = "agentquotaoverrides.automation.tandem.dev"
+        assert not can_i(kube, editor_kc, "create", overrides, "-n", namespace)
+    finally:
+        code = operator.stop()
+    log = operator.log()
+    assert code == 0, log[-3000:]
+    for complaint in ("forbidden", "Forbidden", "Not enough permissions", "Failed to post"):
+        assert complaint not in log, log[-3000:]
+    # A graceful stop gives the Lease up (an update the Role allows).
+    lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
+    assert not lease["spec"].get("holderIdentity")
+
+    # What the operator's token must never do.
+    group = "automationruns.automation.tandem.dev"
+    assert can_i(kube, operator_kc, "patch", group, "--subresource=status", "-n", namespace)
+    assert not can_i(kube, operator_kc, "list", "secrets", "--all-namespaces")
+    refused(kube, operator_kc, "get", "secrets", "--all-namespaces")
+    refused(kube, operator_kc, "get", "secret", "anything", "-n", "default")
+    assert not can_i(kube, operator_kc, "update", group, "-n", namespace)
+    assert not can_i(kube, operator_kc, "patch", group, "-n", namespace)
+    refused(
+        kube,
+        operator_kc,
+        "-n",
+        namespace,
+        "patch",
+        "automationrun",
+        "gated",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"desiredState": "Cancelled"}}),
+    )
+    assert not can_i(kube, operator_kc, "delete", "namespaces")
+    refused(kube, operator_kc, "delete", "namespace", namespace, "--wait=false")
+    assert not can_i(kube, operator_kc, "list", group, "-n", "default")
+    assert not can_i(kube, operator_kc, "create", "leases", "-n", "default")
+
+
+def test_cluster_mode_rbac_serves_every_namespace(
+    crds: KubeSession, namespace: str, release: str, tmp_path: Path
+) -> None:
+    kube = crds
+    helm(kube, "install", release, str(CHART), "--namespace", namespace, "--skip-crds")
+    fullname = f"{release}-tandem-operator"
+    deployment = kube.kubectl_json("get", "deployment", fullname, "-n", namespace)
+    assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    token = token_kubeconfig(
+        kube, account=fullname, namespace=namespace, path=tmp_path / "operator.kubeconfig"
+    )
+    group = "automation.tandem.dev"
+    elsewhere = "default"
+    for kind in ("automationruns", "automations", "agentquotaoverrides", "agentendpoints"):
+        for verb in ("get", "list", "watch"):
+            assert can_i(kube, token, verb, f"{kind}.{group}", "-n", elsewhere), (verb, kind)
+    assert can_i(kube, token, "patch", f"automationruns.{group}", "--subresource=status", "-A")
+    assert can_i(kube, token, "get", "secrets", "-n", elsewhere)
+    assert can_i(kube, token, "create", "events", "-n", elsewhere)
+    assert can_i(kube, token, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(kube, token, "update", "leases/tandem-operator", "-n", namespace)
+    # A real cluster-wide list, as kopf's watch starts.
+    kube.kubectl("get", f"automationruns.{group}", "--all-namespaces", kubeconfig=token)
+
+    assert not can_i(kube, token, "list", "secrets", "--all-namespaces")
+    refused(kube, token, "get", "secrets", "--all-namespaces")
+    assert not can_i(kube, token, "update", f"automationruns.{group}", "-n", elsewhere)
+    assert not can_i(kube, token, "delete", "namespaces")
+    assert not can_i(kube, token, "list", "namespaces")  # only namespaced mode needs it
+    assert not can_i(kube, token, "create", "leases", "-n", elsewhere)
+    assert not can_i(kube, token, "update", "leases/other", "-n", namespace)
