@@ -48,6 +48,7 @@ crds: $(STAMP)
 	cp crds/*.yaml charts/tandem-operator/crds/
 
 bench: $(STAMP) tools
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 
 clean:

@@ -442,15 +442,16 @@ def test_a_run_whose_definition_is_missing_waits_with_a_warning() -> None:
 def test_a_flow_with_a_dependency_cycle_fails_instead_of_blocking() -> None:
     flow = make_flow(task("collect", "draft"), task("draft", "collect"), task("free"))
     run = Run(flow)
-    run.decide()
-    d = run.decide(admission="admit")
+    d = run.decide()
     assert run.s.phase == "Failed"
-    assert run.s.detail is not None
-    assert run.s.detail.startswith("dependency cycle in flow: ")
-    assert "collect" in run.s.detail
-    assert "draft" in run.s.detail
+    assert run.s.detail in (
+        "dependency cycle in flow: collect -> draft -> collect",
+        "dependency cycle in flow: draft -> collect -> draft",
+    )
+    assert run.cp.last_failure is not None
+    assert run.cp.last_failure.failure_kind == "invalid_definition"
     assert not d.start
-    assert record_events(d) == ["run_failed"]
+    assert record_events(d) == ["run_queued", "run_failed"]
 
 
 # ------------------------------------------------------------------------------ B10 nodes
@@ -576,7 +577,8 @@ def test_stale_outcomes_are_ignored() -> None:
         outcomes=[
             AttemptOutcome(node_id="collect", attempt=7, status="completed"),
             AttemptOutcome(node_id="draft", attempt=1, status="completed"),
-        ]
+        ],
+        in_flight={"collect"},
     )
     assert run.cp.completed_nodes == []
     assert d.consumed == 2
@@ -922,9 +924,11 @@ def reaped(flow: AutomationSpec, *, settings: Settings = SETTINGS) -> Run:
     run = Run(flow, settings=settings)
     run.start()
     run.advance(settings.stale_running_ms)
-    run.decide(last_activity_ms=T0)
+    d = run.decide(last_activity_ms=T0)
     assert run.s.phase == "Paused"
     assert run.s.stop_kind == "StaleReaped"
+    assert d.cancel == {"collect"}
+    run.in_flight = frozenset()  # the cancelled attempt has ended
     return run
 
 
@@ -964,6 +968,7 @@ def test_auto_resume_stops_at_the_cap() -> None:
         run.advance(settings.stale_running_ms)
         run.decide(last_activity_ms=run.now - settings.stale_running_ms)
         assert run.s.phase == "Paused"
+        run.in_flight = frozenset()
         run.decide(admission="admit")
     assert run.s.phase == "Paused"
     assert run.s.counters.auto_resumes == 1
@@ -1075,7 +1080,7 @@ def test_restart_recovery_requeue_marks_interrupted_nodes_for_repair() -> None:
     assert run.s.phase == "Running"
     assert d.start == (StartAttempt(node_id="collect", attempt=2),)
     assert run.s.execution_claim is not None
-    assert run.s.execution_claim.epoch == 2
+    assert run.s.execution_claim.claimant == ME
 
 
 def test_restart_recovery_requeue_fails_a_node_out_of_attempts() -> None:
@@ -1139,7 +1144,7 @@ def test_paused_and_awaiting_runs_are_left_alone_on_restart(phase: str) -> None:
     if phase == "Paused":
         run.set_spec(desired_state="Running")
         d = run.decide(admission="admit")
-        assert run.s.phase == "Running"
+        assert record_events(d) == ["run_resumed", "run_started", "run_awaiting_approval"]
         assert run.cp.node_outputs["collect"]["artifact"] == ARTIFACT
 
 
@@ -1172,9 +1177,11 @@ def test_a_gate_opens_when_only_approval_nodes_can_run() -> None:
 
 
 def decide_gate(run: Run, decision: str, *, request_id: str | None = None, **extra: Any) -> Decision:
-    entry = GateDecision(gate="review", decision=decision, request_id=request_id, **extra)  # type: ignore[arg-type]
+    entry = GateDecision.model_validate(
+        {"gate": "review", "decision": decision, "requestId": request_id, "decidedBy": "bob", **extra}
+    )
     run.set_spec(gate_decisions=[*run.spec.gate_decisions, entry])
-    return run.decide(admission="admit", decided_by={request_id or f"#{len(run.spec.gate_decisions) - 1}": "bob"})
+    return run.decide(admission="admit")
 
 
 def test_approve_completes_the_gate_and_continues() -> None:

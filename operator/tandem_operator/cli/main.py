@@ -6,7 +6,8 @@ Subcommands:
   (or ``--kubeconfig``) it runs against that cluster; in a pod without either it uses the
   pod's service account. Otherwise it is the embedded default: it starts the local control
   plane, installs the CRDs, runs the operator, applies ``examples/`` and prints the runs as
-  they change; Ctrl-C stops everything.
+  they change; Ctrl-C stops everything. Prometheus metrics are served at ``/metrics`` on
+  ``--metrics-port`` (default 9090; 0 turns them off).
 - ``cluster up|down [--dir D]``: the local kube-apiserver + etcd (see ``devcluster``).
 - ``crds install``: server-side apply of the generated CRDs, then wait until Established.
 - ``crds print``: the generated CRDs as YAML.

@@ -220,7 +220,8 @@ class _Work:
         self.events: list[Event] = []
         self.start: list[StartAttempt] = []
         self.cancel: set[str] = set()
-        self.warnings: list[str] = []
+        self.stalled: str | None = None
+        """Why the run cannot progress without a change from the user (Stalled=True)."""
 
     @property
     def cp(self) -> Checkpoint:
@@ -707,6 +708,7 @@ def _admit(w: _Work) -> None:
         return
     if w.obs.definition is None:
         message = w.obs.definition_error or "automation definition is not available"
+        w.stalled = message
         if w.s.detail != message:
             w.s.detail = message
             w.warn("AutomationUnresolved", message)
@@ -1118,7 +1120,10 @@ _CONDITION_TYPES = ("Succeeded", "Ready", "Reconciling", "Stalled", "AwaitingApp
 
 
 def desired_conditions(
-    status: AutomationRunStatus, *, stalled_reason: str | None = None
+    status: AutomationRunStatus,
+    *,
+    stalled_reason: str | None = None,
+    stalled_kind: str = "InvalidStatus",
 ) -> dict[str, tuple[str, str, str]]:
     """type → (status, reason, message) for the run's phase."""
     phase = status.phase or "Queued"
@@ -1137,7 +1142,7 @@ def desired_conditions(
         ),
         "Stalled": (
             "True" if stalled else "False",
-            "InvalidStatus" if stalled_reason else phase,
+            stalled_kind if stalled_reason else phase,
             stalled_reason or (message if stalled else ""),
         ),
         "AwaitingApproval": (
@@ -1154,8 +1159,9 @@ def apply_conditions(
     now: str,
     generation: int,
     stalled_reason: str | None = None,
+    stalled_kind: str = "InvalidStatus",
 ) -> None:
-    wanted = desired_conditions(status, stalled_reason=stalled_reason)
+    wanted = desired_conditions(status, stalled_reason=stalled_reason, stalled_kind=stalled_kind)
     current = {c.type: c for c in status.conditions}
     out: list[Condition] = []
     for ctype in _CONDITION_TYPES:
@@ -1192,7 +1198,13 @@ def _finalize(w: _Work) -> None:
     if len(s.checkpoint.lifecycle_history) > limit:
         del s.checkpoint.lifecycle_history[:-limit]
     s.observed_generation = w.obs.generation
-    apply_conditions(s, now=w.now, generation=w.obs.generation)
+    apply_conditions(
+        s,
+        now=w.now,
+        generation=w.obs.generation,
+        stalled_reason=w.stalled,
+        stalled_kind="AutomationUnresolved",
+    )
 
 
 # --------------------------------------------------------------------------- entry point
