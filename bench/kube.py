@@ -299,7 +299,7 @@ class RunWatcher:
             if not future.done() and predicate():
                 future.set_result(None)
 
-    async def wait_run(self, name: str, predicate: Callable[[], bool], *, timeout: float) -> None:
+    async def wait_run(self, name: str, predicate: Callable[[], bool], *, within: float) -> None:
         """Until ``predicate()`` holds, re-checked on every event of run ``name``."""
         if predicate():
             return
@@ -307,7 +307,7 @@ class RunWatcher:
         entry = (predicate, future)
         self._name_waiters.setdefault(name, []).append(entry)
         try:
-            await asyncio.wait_for(future, timeout)
+            await asyncio.wait_for(future, within)
         finally:
             self._name_waiters[name].remove(entry)
             if not self._name_waiters[name]:
@@ -320,18 +320,16 @@ class RunWatcher:
                 return moment
         return None
 
-    async def wait_phase(
-        self, name: str, *phases: str, after: float = 0.0, timeout: float
-    ) -> float:
+    async def wait_phase(self, name: str, *phases: str, after: float = 0.0, within: float) -> float:
         """Until run ``name`` enters one of ``phases`` (at or after ``after``); returns when."""
         await self.wait_run(
-            name, lambda: self.seen_at(name, phases, after=after) is not None, timeout=timeout
+            name, lambda: self.seen_at(name, phases, after=after) is not None, within=within
         )
         moment = self.seen_at(name, phases, after=after)
         assert moment is not None
         return moment
 
-    async def wait_counts(self, predicate: Callable[[], bool], *, timeout: float) -> None:
+    async def wait_counts(self, predicate: Callable[[], bool], *, within: float) -> None:
         """Until ``predicate()`` (usually over ``self.counts``) holds, checked per event."""
         if predicate():
             return
@@ -339,6 +337,6 @@ class RunWatcher:
         entry = (predicate, future)
         self._count_waiters.append(entry)
         try:
-            await asyncio.wait_for(future, timeout)
+            await asyncio.wait_for(future, within)
         finally:
             self._count_waiters.remove(entry)

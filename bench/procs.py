@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.stats import cpu_seconds, rss_kib
+from bench.stats import cpu_seconds, machine_busy_seconds, rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -33,20 +33,34 @@ def proc_cpu_seconds(pid: int) -> float:
     return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), clock_ticks=CLOCK_TICKS)
 
 
+def machine_busy() -> float:
+    return machine_busy_seconds(Path("/proc/stat").read_text(), clock_ticks=CLOCK_TICKS)
+
+
 def proc_rss_kib(pid: int) -> int:
     return rss_kib(Path(f"/proc/{pid}/status").read_text())
 
 
 @dataclass
 class CpuMeter:
-    """CPU seconds of several processes between ``start()`` and ``read()``."""
+    """CPU seconds of several processes between ``start()`` and ``read()``.
+
+    Besides the named processes (the benchmark itself is always one of them, ``bench``),
+    it reports ``machine_busy``, the CPU seconds all cores spent busy, and ``other``, the
+    part of that no measured process used: anything else running on the machine at the
+    same time, which a 2-core box shared with other work has plenty of. The report shows
+    it so that a slow number can be told apart from a crowded machine.
+    """
 
     pids: Mapping[str, int]
     _start: dict[str, float] = field(default_factory=dict)
     _wall: float = 0.0
+    _busy: float = 0.0
 
     def start(self) -> CpuMeter:
+        self.pids = {**self.pids, "bench": os.getpid()}
         self._start = {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._busy = machine_busy()
         self._wall = time.monotonic()
         return self
 
@@ -56,7 +70,11 @@ class CpuMeter:
             name: round(proc_cpu_seconds(pid) - self._start[name], 3)
             for name, pid in self.pids.items()
         }
+        busy = machine_busy() - self._busy
+        out["machine_busy"] = round(busy, 3)
+        out["other"] = round(max(0.0, busy - sum(out.values())), 3)
         out["wall"] = round(time.monotonic() - self._wall, 3)
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return out
 
 

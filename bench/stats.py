@@ -83,6 +83,21 @@ def cpu_seconds(stat_text: str, *, clock_ticks: int) -> float:
     return (int(fields[11]) + int(fields[12])) / clock_ticks
 
 
+def machine_busy_seconds(proc_stat_text: str, *, clock_ticks: int) -> float:
+    """CPU seconds all cores spent not idle since boot, from the ``cpu`` line of /proc/stat.
+
+    Busy is every column but ``idle`` and ``iowait``; ``guest`` time is already counted in
+    ``user`` and is left out so it is not counted twice.
+    """
+    for line in proc_stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            values = [int(v) for v in fields[1:]]
+            busy = sum(values[:8]) - values[3] - values[4]
+            return busy / clock_ticks
+    raise ValueError("no aggregate cpu line in /proc/stat")
+
+
 def rss_kib(status_text: str) -> int:
     """``VmRSS`` of a ``/proc/<pid>/status`` text, in KiB."""
     for line in status_text.splitlines():

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from agentserver import Activity, AgentServer, Result, Stall, Usage
 from support import Cluster, OperatorProcess, simulated_run, wait_for
+
+from agentserver import Activity, AgentServer, Result, Stall, Usage
 
 AGENT = {"agentId": "researcher", "endpointRef": {"name": "engine"}}
 STALE = {"TANDEM_STALE_RUNNING_MS": "3000"}
@@ -72,7 +73,7 @@ def test_stalled_agent_is_reaped_then_auto_resumed(
     drops = wait_for(lambda: agent.disconnects, timeout=10, what="the agent to see a hang-up")
     assert [(d.node, d.attempt, d.step) for d in drops] == [("x", 1, "Stall")]
     assert drops[0].monotonic - request.monotonic >= 3.0
-    assert agent.in_flight == 0
+    wait_for(lambda: agent.in_flight == 0, timeout=10, what="the stalled request to end")
 
     # B6 lives in status: another operator, with auto-resume on, resumes the run.
     first.stop()
@@ -83,7 +84,8 @@ def test_stalled_agent_is_reaped_then_auto_resumed(
     assert resumed["reason"] == "auto_resume_after_stale_reap"
     assert resumed["metadata"]["auto_resume_window_ms"] == 1_200_000
     reaped_at = resumed["metadata"]["stale_reaped_at_ms"]
-    assert isinstance(reaped_at, int) and reaped_at > 0
+    assert isinstance(reaped_at, int)
+    assert reaped_at > 0
     assert status["counters"]["autoResumes"] == 1
     assert status["checkpoint"]["nodeAttempts"] == {"x": 2}
     assert [r.attempt for r in agent.requests_for("x")] == [1, 2]
@@ -146,7 +148,14 @@ def test_always_stalling_agent_uses_up_auto_resumes(
     # Every stalled connection was closed by the operator.
     wait_for(lambda: agent.in_flight == 0, timeout=10, what="all agent connections to close")
     dropped = sorted((d.node or "", d.attempt or 0) for d in agent.disconnects)
-    assert dropped == [("slow", 1), ("slow", 2), ("slow", 3), ("stuck", 1), ("stuck", 2), ("stuck", 3)]
+    assert dropped == [
+        ("slow", 1),
+        ("slow", 2),
+        ("slow", 3),
+        ("stuck", 1),
+        ("stuck", 2),
+        ("stuck", 3),
+    ]
 
 
 def test_token_budget_pauses_until_an_approved_override(
@@ -182,18 +191,19 @@ def test_token_budget_pauses_until_an_approved_override(
     assert status["checkpoint"]["completedNodes"] == ["a"]
 
     # An override that is not approved changes nothing.
+    spec: dict[str, Any] = {"agentId": "researcher", "approved": False, "reason": "report"}
     override = {
         "apiVersion": "automation.tandem.dev/v1alpha1",
         "kind": "AgentQuotaOverride",
         "metadata": {"name": "more-tokens"},
-        "spec": {"agentId": "researcher", "approved": False, "reason": "monthly report"},
+        "spec": spec,
     }
     cluster.apply(override)
     time.sleep(3)  # several lifecycle ticks
     assert cluster.phase("budget") == "Paused"
     assert agent.requests_for("b") == []
 
-    override["spec"] = {**override["spec"], "approved": True, "approvedBy": "ops"}
+    spec.update(approved=True, approvedBy="ops")
     cluster.apply(override)
     status = cluster.wait_phase("budget", "Completed", "Failed", timeout=60)
     assert status["phase"] == "Completed", status.get("detail")

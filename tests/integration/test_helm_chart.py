@@ -153,7 +153,12 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
 ) -> None:
     kube = crds
     cluster = Cluster(kube, namespace)
-    health_port = free_port()
+    health_port, metrics_port = free_port(), free_port()
+    fast = {
+        "leaseSeconds": "4",
+        "shutdownGraceSeconds": "3",
+        "settings.lifecycleTimerIntervalSeconds": "1",
+    }
     install = helm(
         kube,
         "install",
@@ -167,11 +172,8 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
         "--set",
         f"healthPort={health_port}",
         "--set",
-        "leaseSeconds=4",
-        "--set",
-        "shutdownGraceSeconds=3",
-        "--set",
-        "settings.lifecycleTimerIntervalSeconds=1",
+        f"metrics.port={metrics_port}",
+        *[arg for key, value in fast.items() for arg in ("--set", f"{key}={value}")],
     )
     fullname = f"{release}-tandem-operator"
     # NOTES.txt names the Deployment to watch; it is the one installed.
@@ -184,38 +186,31 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     )
     who = kube.kubectl_json("auth", "whoami", kubeconfig=operator_kc)
     assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{fullname}"
-
-    # A person with the chart's edit + view roles in this namespace.
-    kube.kubectl("create", "serviceaccount", "editor", "-n", namespace)
-    for role in ("edit", "view"):
-        kube.kubectl(
-            "create",
-            "rolebinding",
-            f"editor-{role}",
-            "-n",
-            namespace,
-            f"--clusterrole={fullname}-{role}",
-            f"--serviceaccount={namespace}:editor",
-        )
-    editor_kc = token_kubeconfig(
-        kube, account="editor", namespace=namespace, path=tmp_path / "editor.kubeconfig"
-    )
-
     operator = DeployedOperator(
         deployment=deployment, kubeconfig=operator_kc, log_path=tmp_path / "operator.log"
     )
     try:
-        assert operator.args[-1] == f"--liveness=http://0.0.0.0:{health_port}/healthz"
+        assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in operator.args
+        assert operator.env["TANDEM_CLAIM_LEASE_SECONDS"] == "4"
+        editor_kc = editor(kube, namespace=namespace, fullname=fullname, tmp_path=tmp_path)
         cluster.apply(gated_run("gated"))
         status = cluster.wait_phase("gated", "AwaitingApproval", timeout=60)
         assert status["checkpoint"]["awaitingGate"]["nodeId"] == "review"
 
-        # The probes' endpoint answers.
+        # The probes' endpoint answers, and the metrics Service's target port serves metrics.
         with urllib.request.urlopen(
             f"http://127.0.0.1:{health_port}/healthz", timeout=10
         ) as response:
             assert response.status == 200
+        service = kube.kubectl_json("get", "service", f"{fullname}-metrics", "-n", namespace)
+        (port,) = service["spec"]["ports"]
+        assert port["port"] == metrics_port
+        assert port["targetPort"] == "metrics"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert r.status == 200
+            assert b"# TYPE" in r.read()
 
+        # A person with the edit role records the decision.
         decision = {"gate": "review", "decision": "approve", "requestId": "r1"}
         kube.kubectl(
             "-n",
@@ -233,11 +228,11 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
         events = [r["event"] for r in status["checkpoint"]["lifecycleHistory"]]
         assert "run_awaiting_approval" in events
         assert events[-1] == "run_completed"
-        # Events were posted with the operator's token.
+        # The Events were posted with the operator's token.
         reasons = wait_for(
             lambda: (
-                {e["reason"] for e in cluster.events("gated")} >= {"RunCompleted"}
-                and {e["reason"] for e in cluster.events("gated")}
+                (found := {e["reason"] for e in cluster.events("gated")}) >= {"RunCompleted"}
+                and found
             ),
             timeout=30,
             what="the operator's Events",
@@ -245,19 +240,6 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
         assert "RunAwaitingApproval" in reasons
         lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
         assert lease["spec"]["holderIdentity"]
-        # The editor may drive runs but not write their status.
-        assert not can_i(
-            kube,
-            editor_kc,
-            "patch",
-            "automationruns.automation.tandem.dev",
-            "--subresource=status",
-            "-n",
-            namespace,
-        )
-        # Budget approvals are for admins, not editors.
-        overrides = "agentquotaoverrides.automation.tandem.dev"
-        assert not can_i(kube, editor_kc, "create", overrides, "-n", namespace)
     finally:
         code = operator.stop()
     log = operator.log()
@@ -292,6 +274,35 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     refused(kube, operator_kc, "delete", "namespace", namespace, "--wait=false")
     assert not can_i(kube, operator_kc, "list", group, "-n", "default")
     assert not can_i(kube, operator_kc, "create", "leases", "-n", "default")
+
+    # The editor drives runs but neither writes status nor approves budgets.
+    assert not can_i(kube, editor_kc, "patch", group, "--subresource=status", "-n", namespace)
+    overrides = "agentquotaoverrides.automation.tandem.dev"
+    assert not can_i(kube, editor_kc, "create", overrides, "-n", namespace)
+
+    # Uninstalling keeps the API and the runs; with no finalizer a run is still deletable.
+    helm(kube, "uninstall", release, "--namespace", namespace)
+    assert cluster.phase("gated") == "Completed"
+    assert not cluster.run("gated")["metadata"].get("finalizers")
+    cluster.kubectl("delete", "automationrun", "gated", "--timeout=30s")
+
+
+def editor(kube: KubeSession, *, namespace: str, fullname: str, tmp_path: Path) -> Path:
+    """A kubeconfig of a person bound to the chart's -edit and -view roles in ``namespace``."""
+    kube.kubectl("create", "serviceaccount", "editor", "-n", namespace)
+    for role in ("edit", "view"):
+        kube.kubectl(
+            "create",
+            "rolebinding",
+            f"editor-{role}",
+            "-n",
+            namespace,
+            f"--clusterrole={fullname}-{role}",
+            f"--serviceaccount={namespace}:editor",
+        )
+    return token_kubeconfig(
+        kube, account="editor", namespace=namespace, path=tmp_path / "editor.kubeconfig"
+    )
 
 
 def test_cluster_mode_rbac_serves_every_namespace(

@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from agentserver import Activity, AgentServer, Drop, Result
 from prometheus_client.parser import text_string_to_metric_families
 from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
+
+from agentserver import Activity, AgentServer, Drop, Result
 
 P = "tandem_automation_"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -88,7 +89,7 @@ def test_gate_and_retry_move_the_counters_by_exact_amounts(
     assert value(before, "runs", phase="AwaitingApproval") == 0
     assert value(before, "transitions_total", event="run_started") == 0
 
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {"id": "draft", "agentId": "researcher", "objective": "draft it"},
         {
             "id": "review",
@@ -98,7 +99,10 @@ def test_gate_and_retry_move_the_counters_by_exact_amounts(
         },
         sim("publish", dependsOn=["review"]),
     ]
-    agents = [{"agentId": "researcher", "endpointRef": {"name": "engine"}}, {"agentId": "agent"}]
+    agents: list[dict[str, Any]] = [
+        {"agentId": "researcher", "endpointRef": {"name": "engine"}},
+        {"agentId": "agent"},
+    ]
     cluster.apply(simulated_run("gated", nodes, agents=agents))
     waiting = cluster.wait_phase("gated", "AwaitingApproval", timeout=60)
     verdicts = [v["status"] for v in waiting["checkpoint"]["nodeAttemptVerdicts"]["draft"]]
@@ -177,9 +181,11 @@ def test_queue_and_workspace_gauges_come_from_the_cache(
     for name in ("same-workspace", "no-slot"):
         cluster.wait_phase(name, "Completed", timeout=60)
     samples = wait_for(
-        lambda: (s := scrape(port))
-        and value(s, "executor_attempts_total", executor="simulate", status="cancelled")
-        and s,
+        lambda: (
+            (s := scrape(port))
+            and value(s, "executor_attempts_total", executor="simulate", status="cancelled")
+            and s
+        ),
         timeout=30,
         what="the cancelled attempt of the holder to be applied",
     )
@@ -208,9 +214,13 @@ def test_stale_gate_and_reaps_are_counted_once(
     )
     failed = cluster.wait_phase("silent", "Failed", timeout=60)
     wait_for(
-        lambda: cluster.status("old-gate").get("checkpoint", {}).get("awaitingGate", {})
-        .get("metadata", {})
-        .get("stale"),
+        lambda: (
+            cluster.status("old-gate")
+            .get("checkpoint", {})
+            .get("awaitingGate", {})
+            .get("metadata", {})
+            .get("stale")
+        ),
         timeout=30,
         what="the gate to be marked stale",
     )

@@ -8,6 +8,8 @@ that no younger run is admitted for a workspace an older eligible run is waiting
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +36,7 @@ def slot(
     )
 
 
-def admitted(verdicts: dict[tuple[str, str], str]) -> set[str]:
+def admitted(verdicts: Mapping[tuple[str, str], str]) -> set[str]:
     return {key[1] for key, verdict in verdicts.items() if verdict == "admit"}
 
 
@@ -104,7 +106,10 @@ def test_paused_and_awaiting_runs_hold_no_workspace_lock() -> None:
 
 
 def test_a_pausing_run_still_holds_its_workspace() -> None:
-    runs = [slot("pausing", "00", phase="Pausing", workspace="/ws"), slot("next", "01", workspace="/ws")]
+    runs = [
+        slot("pausing", "00", phase="Pausing", workspace="/ws"),
+        slot("next", "01", workspace="/ws"),
+    ]
     assert admission_pass(runs, capacity=8) == {(NS, "next"): "workspace_lock"}
 
 

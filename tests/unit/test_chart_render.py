@@ -172,6 +172,7 @@ def test_cluster_mode_runs_the_operator_for_all_namespaces(helm: Path) -> None:
         "--all-namespaces",
         f"--lease-namespace={NAMESPACE}",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=9090",
     ]
     env = {e["name"]: e for e in main["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -327,6 +328,7 @@ def test_namespaced_mode_grants_nothing_outside_the_watched_namespaces(helm: Pat
         "--namespace=team-b",
         f"--lease-namespace={NAMESPACE}",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=9090",
     ]
 
 
@@ -417,6 +419,7 @@ def test_metrics_service_as_a_node_port(helm: Path) -> None:
     off = render(helm, "--set", "metrics.enabled=false")
     assert ("Service", f"{FULLNAME}-metrics", NAMESPACE) not in kinds(off)
     assert [p["name"] for p in container(off)["ports"]] == ["health"]
+    assert container(off)["args"][-1] == "--metrics-port=0"
 
 
 def test_service_monitor_without_metrics_fails(helm: Path) -> None:

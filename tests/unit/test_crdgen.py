@@ -78,7 +78,9 @@ def test_committed_crds_match_the_models() -> None:
         f"crds/ holds {sorted(committed)}, the models give {sorted(rendered)}; run `{REGENERATE}`"
     )
     stale = sorted(name for name, text in rendered.items() if committed[name] != text)
-    assert not stale, f"crds/ is out of date with api/models.py ({', '.join(stale)}); run `{REGENERATE}`"
+    assert not stale, (
+        f"crds/ is out of date with api/models.py ({', '.join(stale)}); run `{REGENERATE}`"
+    )
 
 
 def test_no_schema_keyword_hides_in_an_unwalked_place() -> None:
@@ -228,9 +230,10 @@ def test_printer_columns_point_at_real_fields(kind: str) -> None:
 
 
 def test_the_run_columns_show_phase_progress_and_detail() -> None:
-    columns = {c["name"]: c for c in CRDS["AutomationRun"]["spec"]["versions"][0][
-        "additionalPrinterColumns"
-    ]}
+    columns = {
+        c["name"]: c
+        for c in CRDS["AutomationRun"]["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
     assert columns["Phase"]["jsonPath"] == ".status.phase"
     assert columns["Nodes"]["jsonPath"] == ".status.progress"
     assert columns["Detail"]["jsonPath"] == ".status.detail"

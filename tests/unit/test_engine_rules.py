@@ -1,3 +1,5 @@
+# mypy narrows ``run.s.phase`` after an assert and cannot see that ``decide`` changes it.
+# mypy: disable-error-code="comparison-overlap"
 """The B-rules of the run lifecycle, one behaviour at a time, through ``decide``.
 
 Each test builds an :class:`Observation` by hand (or walks a run there through earlier
@@ -163,8 +165,12 @@ def check_update(obs: Observation, before_dump: dict[str, Any] | None, d: Decisi
         assert not d.records
     old_history = previous.checkpoint.lifecycle_history if previous else []
     old_count = previous.counters.lifecycle_records if previous else 0
-    limit = obs.settings.lifecycle_history_limit
-    assert s.checkpoint.lifecycle_history == [*old_history, *d.records][-limit:]
+    # History keeps the newest records, each added once, at most the limit of them.
+    combined = [*old_history, *d.records]
+    history = s.checkpoint.lifecycle_history
+    assert len(history) <= obs.settings.lifecycle_history_limit
+    assert history == combined[len(combined) - len(history) :]
+    assert bool(history) == bool(combined)
     assert s.counters.lifecycle_records == old_count + len(d.records)
     reasons = [e.reason for e in d.events]
     for record in d.records:
@@ -487,7 +493,10 @@ def test_nodes_run_in_dependency_order_to_completion() -> None:
 
 def test_parallel_nodes_start_up_to_max_parallel_nodes() -> None:
     flow = make_flow(
-        task("a"), task("b"), task("c"), task("join", "a", "b", "c"),
+        task("a"),
+        task("b"),
+        task("c"),
+        task("join", "a", "b", "c"),
         execution={"maxParallelNodes": 2},
     )
     run = Run(flow)
@@ -542,6 +551,9 @@ def test_an_executor_error_fails_the_node() -> None:
         "status": "failed",
         "error": "agent endpoint `engine` not found",
     }
+    assert run.cp.last_failure is not None
+    assert run.cp.last_failure.reason == "agent endpoint `engine` not found"
+    assert run.cp.last_failure.failure_kind == "executor_error"
 
 
 def test_an_unknown_status_counts_as_failed_and_case_does_not_matter() -> None:
@@ -568,6 +580,58 @@ def test_a_blocked_node_blocks_its_descendants_and_the_run() -> None:
     assert run.cp.blocked_nodes == ["collect", "draft"]
     assert record_events(d) == ["run_blocked"]
     assert run.s.finished_at is not None
+
+
+def test_a_failed_output_left_at_the_end_fails_the_run() -> None:
+    # Written by hand: nothing can run any more and one node's output is failed.
+    flow = make_flow(task("collect"), task("side"))
+    status = running_status(
+        flow,
+        claimant=ME,
+        lease_expires_ms=T0 + 10**9,
+        completed=["side"],
+        outputs={"side": {"status": "completed"}, "collect": {"status": "failed"}},
+    )
+    run = Run(flow, status=status)
+    d = run.decide(last_activity_ms=T0)
+    assert run.s.phase == "Failed"
+    assert run.s.detail == "node `collect` failed after 1/3 attempts"
+    assert record_events(d) == ["run_failed"]
+    assert not d.start
+
+
+def test_an_attempt_lost_without_an_outcome_never_goes_past_max_attempts() -> None:
+    # The last attempt was recorded, but no runner holds it (lost between write and start).
+    flow = make_flow(task("collect", maxAttempts=2), task("draft", "collect"))
+    status = running_status(flow, claimant=ME, lease_expires_ms=T0 + 10**9, attempts={"collect": 2})
+    run = Run(flow, status=status)
+    d = run.decide(in_flight=(), last_activity_ms=T0)
+    assert not d.start
+    assert run.s.phase == "Failed"
+    assert run.s.detail == "node `collect` failed after 2/2 attempts"
+    assert run.cp.node_outputs["collect"] == {"status": "failed", "exhausted": True}
+
+
+def test_an_attempt_lost_with_attempts_left_is_started_again() -> None:
+    status = running_status(CHAIN, claimant=ME, lease_expires_ms=T0 + 10**9)
+    run = Run(CHAIN, status=status)
+    d = run.decide(in_flight=(), last_activity_ms=T0)
+    assert d.start == (StartAttempt(node_id="collect", attempt=2),)
+
+
+def test_shutdown_starts_nothing_and_leaves_cut_off_attempts_to_the_next_operator() -> None:
+    run = Run(CHAIN)
+    run.start()
+    d = run.decide(
+        outcomes=[run.outcome("collect", cancelled=True)], in_flight=(), shutting_down=True
+    )
+    assert not d.start
+    assert run.s.phase == "Running"
+    assert run.cp.node_attempts["collect"] == 1
+    # The next operator (a new instance) finds the run orphaned: B1.
+    d = run.decide(instance="operator-c", live={"operator-c"})
+    assert run.s.phase == "Failed"
+    assert run.s.stop_kind == "ServerRestart"
 
 
 def test_stale_outcomes_are_ignored() -> None:
@@ -726,7 +790,9 @@ def test_a_token_budget_pauses_the_run() -> None:
 
 def test_a_cost_budget_pauses_the_run() -> None:
     settings = dataclasses.replace(SETTINGS, token_cost_per_1k_usd=Decimal(2))
-    flow = make_flow(task("collect"), task("draft", "collect"), execution={"maxTotalCostUsd": "1.50"})
+    flow = make_flow(
+        task("collect"), task("draft", "collect"), execution={"maxTotalCostUsd": "1.50"}
+    )
     run = Run(flow, settings=settings)
     run.start()
     run.report("collect", prompt_tokens=700)
@@ -776,7 +842,9 @@ def test_an_override_for_the_creator_also_covers_the_run() -> None:
     run.decide()
     creator = [Override(name="alice-ok", agent_id="alice")]
     run.decide(admission="admit", overrides=creator)
-    run.decide(outcomes=[run.outcome("collect", "needs_repair", prompt_tokens=99)], overrides=creator)
+    run.decide(
+        outcomes=[run.outcome("collect", "needs_repair", prompt_tokens=99)], overrides=creator
+    )
     assert run.s.phase == "Running"
 
 
@@ -852,7 +920,11 @@ def stale_running(flow: AutomationSpec, **kw: Any) -> Run:
 def test_stale_reap_waits_for_the_larger_of_the_setting_and_the_node_timeout(
     timeout_seconds: int | None, threshold: int
 ) -> None:
-    node = task("collect") if timeout_seconds is None else task("collect", timeoutSeconds=timeout_seconds)
+    node = (
+        task("collect")
+        if timeout_seconds is None
+        else task("collect", timeoutSeconds=timeout_seconds)
+    )
     flow = make_flow(node, task("draft", "collect"))
     last = T0 - 60_000
     run = stale_running(flow, started_ms=last)
@@ -1043,7 +1115,9 @@ def test_auto_resume_needs_a_node_to_repair_with_attempts_left() -> None:
 def test_an_orphaned_running_run_fails_on_restart(
     claimant: str | None, lease_expires_ms: int, live: set[str]
 ) -> None:
-    run = Run(CHAIN, status=running_status(CHAIN, claimant=claimant, lease_expires_ms=lease_expires_ms))
+    run = Run(
+        CHAIN, status=running_status(CHAIN, claimant=claimant, lease_expires_ms=lease_expires_ms)
+    )
     d = run.decide(live=live, admission="admit")
     assert run.s.phase == "Failed"
     assert run.s.stop_kind == "ServerRestart"
@@ -1131,7 +1205,11 @@ def test_paused_and_awaiting_runs_are_left_alone_on_restart(phase: str) -> None:
     )
     if phase == "AwaitingApproval":
         status.checkpoint.awaiting_gate = hand_status(
-            {"checkpoint": {"awaitingGate": {"nodeId": "review", "requestedAt": format_ms(T0 - 1000)}}}
+            {
+                "checkpoint": {
+                    "awaitingGate": {"nodeId": "review", "requestedAt": format_ms(T0 - 1000)}
+                }
+            }
         ).checkpoint.awaiting_gate
         status.checkpoint.blocked_nodes = ["publish"]
     desired = "Paused" if phase == "Paused" else "Running"
@@ -1176,9 +1254,17 @@ def test_a_gate_opens_when_only_approval_nodes_can_run() -> None:
     assert conditions["AwaitingApproval"] == "True"
 
 
-def decide_gate(run: Run, decision: str, *, request_id: str | None = None, **extra: Any) -> Decision:
+def decide_gate(
+    run: Run, decision: str, *, request_id: str | None = None, **extra: Any
+) -> Decision:
     entry = GateDecision.model_validate(
-        {"gate": "review", "decision": decision, "requestId": request_id, "decidedBy": "bob", **extra}
+        {
+            "gate": "review",
+            "decision": decision,
+            "requestId": request_id,
+            "decidedBy": "bob",
+            **extra,
+        }
     )
     run.set_spec(gate_decisions=[*run.spec.gate_decisions, entry])
     return run.decide(admission="admit")
@@ -1188,7 +1274,10 @@ def test_approve_completes_the_gate_and_continues() -> None:
     run = at_gate()
     d = decide_gate(run, "approve", request_id="r1", reason="looks good")
     assert "review" in run.cp.completed_nodes
-    assert run.cp.node_outputs["review"] == {"status": "completed", "contract_kind": "approval_gate"}
+    assert run.cp.node_outputs["review"] == {
+        "status": "completed",
+        "contract_kind": "approval_gate",
+    }
     assert run.cp.blocked_nodes == []
     assert run.cp.awaiting_gate is None
     assert record_events(d) == ["run_gate_approved", "run_started"]
@@ -1435,6 +1524,34 @@ def test_an_attempt_that_finishes_while_pausing_keeps_its_result() -> None:
     assert run.cp.completed_nodes == ["collect"]
 
 
+def test_an_attempt_cut_short_by_a_pause_is_given_back_once() -> None:
+    run = Run(make_flow(task("collect", maxAttempts=3)))
+    run.start()
+    run.report("collect", "needs_repair")
+    assert run.cp.node_attempts["collect"] == 2
+    run.set_spec(desired_state="Paused")
+    run.decide()
+    assert run.s.phase == "Pausing"
+    # Whether the runner reports the cancellation or a transient error, attempt 2 is given
+    # back exactly once: the node has had one attempt.
+    run.decide(outcomes=[run.outcome("collect", transient=True, error="reset")], in_flight=())
+    assert run.s.phase == "Paused"
+    assert run.cp.node_attempts["collect"] == 1
+    run.set_spec(desired_state="Running")
+    d = run.decide(admission="admit")
+    assert d.start == (StartAttempt(node_id="collect", attempt=2),)
+
+
+def test_a_failure_reported_while_pausing_fails_the_run() -> None:
+    run = Run(CHAIN)
+    run.start()
+    run.set_spec(desired_state="Paused")
+    run.decide()
+    d = run.decide(outcomes=[run.outcome("collect", "failed")], in_flight=())
+    assert run.s.phase == "Failed"
+    assert record_events(d) == ["run_failed"]
+
+
 def test_pausing_an_idle_running_run_records_both_steps() -> None:
     run = Run(CHAIN)
     run.start()
@@ -1643,7 +1760,11 @@ def test_history_is_bounded_but_counted() -> None:
         run.decide()
     assert len(run.cp.lifecycle_history) == 3
     assert run.s.counters.lifecycle_records == 9
-    assert [r.event for r in run.cp.lifecycle_history] == ["run_resumed", "run_paused", "run_resumed"]
+    assert [r.event for r in run.cp.lifecycle_history] == [
+        "run_resumed",
+        "run_paused",
+        "run_resumed",
+    ]
 
 
 def test_updated_at_moves_only_when_the_status_changes() -> None:

@@ -7,6 +7,8 @@ closed path along ``dependsOn`` edges.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +23,9 @@ def flow(edges: dict[str, list[str]]) -> AutomationSpec:
     )
 
 
-DIAMOND = flow({"collect": [], "left": ["collect"], "right": ["collect"], "merge": ["left", "right"]})
+DIAMOND = flow(
+    {"collect": [], "left": ["collect"], "right": ["collect"], "merge": ["left", "right"]}
+)
 
 
 def assert_is_cycle(spec: AutomationSpec, cycle: list[str]) -> None:
@@ -29,7 +33,7 @@ def assert_is_cycle(spec: AutomationSpec, cycle: list[str]) -> None:
     deps = {n.id: set(n.depends_on) for n in spec.nodes}
     assert len(cycle) >= 2
     assert cycle[0] == cycle[-1]
-    for node_id, dep in zip(cycle, cycle[1:], strict=False):
+    for node_id, dep in itertools.pairwise(cycle):
         assert dep in deps[node_id], f"{node_id} does not depend on {dep} in {cycle}"
 
 
@@ -87,9 +91,7 @@ def test_dependencies_outside_the_flow_are_not_cycles() -> None:
 @st.composite
 def graphs(draw: st.DrawFn) -> dict[str, list[str]]:
     names = [f"n{i}" for i in range(draw(st.integers(min_value=1, max_value=8)))]
-    return {
-        name: sorted(draw(st.sets(st.sampled_from(names), max_size=3))) for name in names
-    }
+    return {name: sorted(draw(st.sets(st.sampled_from(names), max_size=3))) for name in names}
 
 
 def reaches_itself(edges: dict[str, list[str]]) -> bool:

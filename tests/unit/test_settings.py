@@ -59,7 +59,9 @@ def test_one_bad_number_leaves_the_others_alone() -> None:
     assert settings.lifecycle_history_limit == 5
 
 
-@pytest.mark.parametrize(("raw", "policy"), [("fail", "fail"), ("requeue", "requeue"), ("", "fail")])
+@pytest.mark.parametrize(
+    ("raw", "policy"), [("fail", "fail"), ("requeue", "requeue"), ("", "fail")]
+)
 def test_restart_recovery_accepts_its_two_policies(raw: str, policy: str) -> None:
     assert Settings.from_env({"TANDEM_RESTART_RECOVERY": raw}).restart_recovery == policy
 

@@ -178,7 +178,12 @@ class Node(ApiModel):
 
     id: str = Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)
     agent_id: str | None = Field(default=None, max_length=128)
-    objective: str | None = Field(default=None, max_length=16384)
+    objective: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="What the agent is asked to do; the whole flow is copied into the run's "
+        "status when it is admitted, so 100 nodes of this length still fit etcd's limit",
+    )
     depends_on: list[Annotated[str, Field(max_length=63)]] = Field(
         default_factory=list, max_length=MAX_DEPENDS_ON
     )

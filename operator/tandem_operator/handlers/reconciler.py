@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -404,12 +404,20 @@ class Reconciler:
         return slots
 
     def _verdict(self, key: RunKey) -> Any:
+        """B9 for ``key`` as if it were Queued.
+
+        A Paused or AwaitingApproval run may be re-queued by this very decision (resume,
+        auto-resume, recover, a gate decision); with the verdict at hand it is admitted in
+        the same write instead of first showing a ``queueReason`` it does not have. These
+        phases reconcile under the admission lock (``_may_admit``), so the verdict holds.
+        """
         body = self.caches.runs.get(key) or {}
-        if (body.get("status") or {}).get("phase") not in (None, "Queued"):
+        if not self._may_admit(body):
             return "capacity"
-        verdicts = admission_pass(
-            self._slots(), capacity=self.settings.scheduler_max_concurrent_runs
-        )
+        slots = [
+            replace(slot, phase="Queued") if slot.key == key else slot for slot in self._slots()
+        ]
+        verdicts = admission_pass(slots, capacity=self.settings.scheduler_max_concurrent_runs)
         return verdicts.get(key, "capacity")
 
     def _overrides(self, namespace: str, now_ms: int) -> tuple[Override, ...]:
@@ -485,7 +493,14 @@ class Reconciler:
         token = None
         if endpoint.auth_secret_ref is not None:
             ref = endpoint.auth_secret_ref
-            token = await self.api.read_secret_key(namespace=namespace, name=ref.name, key=ref.key)
+            try:
+                token = await self.api.read_secret_key(
+                    namespace=namespace, name=ref.name, key=ref.key
+                )
+            except Gone:
+                raise ValueError(
+                    f"Secret {ref.name} of AgentEndpoint {name} not found in namespace {namespace}"
+                ) from None
             if token is None:
                 raise ValueError(f"Secret {ref.name} has no key {ref.key}")
         if self._http is None:

@@ -17,10 +17,20 @@ Rules are applied in a fixed order on a private copy of the status:
    dispatch of runnable nodes and gates, completion;
 6. the update invariants (scheduler only while Queued, claim only while Running/Pausing,
    ``updatedAt``, ``finishedAt``, the B16 detail refresh, conditions, bounded history).
+
+Status size is bounded so a run of up to 100 nodes stays under 256 KiB however long it
+lives (etcd refuses objects over 1.5 MiB, and every write is sent to every watcher): node
+outputs share ``OUTPUTS_BUDGET_BYTES`` (a cut output becomes a marker with ``truncated`` and
+``original_bytes``), verdicts keep the newest ``MAX_VERDICTS`` per node, the lifecycle
+history keeps the newest records within a count and ``HISTORY_BUDGET_BYTES`` while
+``counters.lifecycleRecords`` counts them all, and reasons copied from the spec are clipped
+to ``MAX_REASON_CHARS``. The automation snapshot is the flow as written, so its size is the
+user's: the CRD's length limits keep it reasonable.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +67,22 @@ BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_FACTOR = 2.5
 BACKOFF_CAP_SECONDS = 8.0
 MAX_OUTPUT_BYTES = 16 * 1024
-MAX_VERDICTS = 20
-"""Verdicts kept per node in ``nodeAttemptVerdicts`` (newest last)."""
+"""Largest node output kept in status, whatever the size of the flow."""
+MIN_OUTPUT_BYTES = 1024
+"""Smallest per-node output cap: even a 100-node flow keeps small outputs whole."""
+OUTPUTS_BUDGET_BYTES = 100 * 1024
+"""What all node outputs of one run may take together; the per-node cap is this divided by
+the number of nodes (see :func:`output_limit`)."""
+MAX_VERDICTS = MAX_TRANSIENT_RETRIES + 1
+"""Verdicts kept per node in ``nodeAttemptVerdicts`` (newest last): the latest attempt's
+whole story, its transient errors in a row (which the back-off counts) and its verdict."""
+MAX_VERDICT_ERROR_CHARS = 256
+"""An executor error quoted in a verdict is cut to this length."""
+HISTORY_BUDGET_BYTES = 48 * 1024
+"""``lifecycleHistory`` keeps the newest records that fit in this many bytes (and at most
+``TANDEM_LIFECYCLE_HISTORY_LIMIT`` of them); ``counters.lifecycleRecords`` counts them all."""
+MAX_REASON_CHARS = 1024
+"""A reason copied into a lifecycle record or a gateHistory entry is cut to this length."""
 _DETAIL_NODE = re.compile(r"node `([^`]+)`")
 
 QueueVerdict = Literal["admit", "capacity", "workspace_lock"]
@@ -190,20 +214,69 @@ def backoff_seconds(transient_failures: int) -> float:
     return min(BACKOFF_BASE_SECONDS * BACKOFF_FACTOR**exponent, BACKOFF_CAP_SECONDS)
 
 
-def cap_output(output: Mapping[str, Any]) -> dict[str, Any]:
-    """Node outputs are bounded so that status stays far below etcd's object size limit."""
-    import json
+def output_limit(node_count: int) -> int:
+    """Per-node cap on a stored output: the run's output budget shared by its nodes.
 
+    ``OUTPUTS_BUDGET_BYTES // node_count`` within [``MIN_OUTPUT_BYTES``,
+    ``MAX_OUTPUT_BYTES``]: a 3-node flow keeps outputs up to 16 KiB each, a 100-node flow
+    1 KiB each, so a run's outputs stay near 100 KiB and its status far below etcd's limit.
+    """
+    share = OUTPUTS_BUDGET_BYTES // max(1, node_count)
+    return max(MIN_OUTPUT_BYTES, min(MAX_OUTPUT_BYTES, share))
+
+
+def cap_output(output: Mapping[str, Any], *, limit: int = MAX_OUTPUT_BYTES) -> dict[str, Any]:
+    """An output over ``limit`` bytes (compact JSON) is replaced by a marker.
+
+    The marker keeps what the lifecycle reads (``status``, ``blocker_category``) and a
+    validated ``artifact`` reference when it fits, and says what was dropped:
+    ``truncated: true`` and ``original_bytes``.
+    """
     data = dict(output)
-    encoded = json.dumps(data, default=str)
-    if len(encoded) <= MAX_OUTPUT_BYTES:
+    encoded = _encoded_size(data)
+    if encoded <= limit:
         return data
-    kept: dict[str, Any] = {
-        k: data[k] for k in ("status", "blocker_category", "artifact") if k in data
-    }
+    kept: dict[str, Any] = {k: data[k] for k in ("status", "blocker_category") if k in data}
     kept["truncated"] = True
-    kept["original_bytes"] = len(encoded)
+    kept["original_bytes"] = encoded
+    artifact = data.get("artifact")
+    if artifact is not None and _encoded_size({**kept, "artifact": artifact}) <= limit:
+        kept["artifact"] = artifact
     return kept
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: max(0, limit - 3)] + "..."
+
+
+def _encoded_size(value: Any) -> int:
+    return len(json.dumps(value, default=str, separators=(",", ":")))
+
+
+def _record_size(record: LifecycleRecord) -> int:
+    """The bytes a lifecycle record takes in status, near enough for a budget."""
+    size = 64 + len(record.event) + len(record.recorded_at) + len(record.reason or "")
+    if record.stop_kind:
+        size += 12 + len(record.stop_kind)
+    if record.metadata:
+        # repr is close to the JSON length and much cheaper than json.dumps.
+        size += 12 + len(repr(record.metadata))
+    return size
+
+
+def trim_history(history: list[LifecycleRecord], *, limit: int) -> None:
+    """Keep the newest ``limit`` records that fit in ``HISTORY_BUDGET_BYTES`` (at least one)."""
+    if len(history) > limit:
+        del history[:-limit]
+    total = 0
+    for index in range(len(history) - 1, -1, -1):
+        total += _record_size(history[index])
+        if total > HISTORY_BUDGET_BYTES and index < len(history) - 1:
+            del history[: index + 1]
+            return
 
 
 # --------------------------------------------------------------------------- the working set
@@ -239,7 +312,7 @@ class _Work:
         rec = LifecycleRecord(
             event=event,
             recorded_at=self.now,
-            reason=reason,
+            reason=clip(reason, MAX_REASON_CHARS),
             stop_kind=stop_kind,
             metadata=dict(metadata) if metadata else None,
         )
@@ -278,7 +351,9 @@ class _Work:
         ]
 
     def set_output(self, node_id: str, output: Mapping[str, Any]) -> None:
-        self.cp.node_outputs[node_id] = cap_output(output)
+        flow = self.flow()
+        limit = output_limit(len(flow.nodes)) if flow else MIN_OUTPUT_BYTES
+        self.cp.node_outputs[node_id] = cap_output(output, limit=limit)
 
     def reset_nodes(self, node_ids: set[str]) -> None:
         flow = self.flow()
@@ -491,7 +566,7 @@ def _apply_gate_decision(
         GateHistoryEntry(
             node_id=gate.node_id,
             decision=verdict,
-            reason=why,
+            reason=clip(why, MAX_REASON_CHARS),
             decided_at=w.now,
             decided_by=decided_by,
             request_id=key,
@@ -815,7 +890,11 @@ def _apply_outcomes(w: _Work) -> None:
         if out.transient:
             failures = 1 + _trailing_transient_errors(verdicts)
             verdicts.append(
-                {"attempt": out.attempt, "status": "transient_error", "error": out.error}
+                {
+                    "attempt": out.attempt,
+                    "status": "transient_error",
+                    "error": clip(out.error, MAX_VERDICT_ERROR_CHARS),
+                }
             )
             del verdicts[:-MAX_VERDICTS]
             if failures < MAX_TRANSIENT_RETRIES:
@@ -1194,9 +1273,7 @@ def _finalize(w: _Work) -> None:
     flow = w.flow()
     if flow is not None:
         s.progress = f"{len(s.checkpoint.completed_nodes)}/{len(flow.nodes)}"
-    limit = w.obs.settings.lifecycle_history_limit
-    if len(s.checkpoint.lifecycle_history) > limit:
-        del s.checkpoint.lifecycle_history[:-limit]
+    trim_history(s.checkpoint.lifecycle_history, limit=w.obs.settings.lifecycle_history_limit)
     s.observed_generation = w.obs.generation
     apply_conditions(
         s,
@@ -1212,9 +1289,17 @@ def _finalize(w: _Work) -> None:
 _DERIVED = frozenset({"conditions", "progress", "updated_at", "observed_generation"})
 
 
-def _core(status: AutomationRunStatus) -> dict[str, Any]:
-    """The status without the fields derived from it: a change here is worth a write."""
-    return status.model_dump(exclude=set(_DERIVED))
+def _core_changed(before: AutomationRunStatus, after: AutomationRunStatus) -> bool:
+    """A field other than those derived from the rest changed: a change worth a write.
+
+    Model equality compares field values recursively, as comparing two ``model_dump``s
+    would, without serialising a status that may hold 100 nodes' outputs twice per decide.
+    """
+    return any(
+        getattr(before, name) != getattr(after, name)
+        for name in AutomationRunStatus.model_fields
+        if name not in _DERIVED
+    )
 
 
 def _generation_moved(before: AutomationRunStatus, generation: int) -> bool:
@@ -1227,11 +1312,38 @@ def _generation_moved(before: AutomationRunStatus, generation: int) -> bool:
     return before.observed_generation is not None and before.observed_generation != generation
 
 
+_SHARED_PARTS: Any = {
+    "automation_snapshot": True,
+    "checkpoint": {"lifecycle_history", "gate_history", "node_outputs", "node_attempt_verdicts"},
+}
+
+
+def _private_copy(status: AutomationRunStatus) -> AutomationRunStatus:
+    """A copy of ``status`` for the rules to change, cheap enough for 100-node statuses.
+
+    The bulky parts are shared, not copied: the automation snapshot (no rule changes it
+    once set) and the records, gateHistory entries, node outputs and verdicts, which the
+    rules only ever add, replace or drop (their containers are copied), never change in
+    place. The rest goes through a dump and a validation, pydantic-core work that is many
+    times faster than ``model_copy(deep=True)``.
+    """
+    cp = status.checkpoint
+    copy = AutomationRunStatus.model_validate(status.model_dump(exclude=_SHARED_PARTS))
+    copy.automation_snapshot = status.automation_snapshot
+    copy.checkpoint.lifecycle_history = list(cp.lifecycle_history)
+    copy.checkpoint.gate_history = list(cp.gate_history)
+    copy.checkpoint.node_outputs = dict(cp.node_outputs)
+    copy.checkpoint.node_attempt_verdicts = {
+        node_id: list(verdicts) for node_id, verdicts in cp.node_attempt_verdicts.items()
+    }
+    return copy
+
+
 def decide(obs: Observation) -> Decision:
     """Apply every rule to one run and say what to write and do."""
     fresh = obs.status is None
     before = obs.status or _initial_status(obs)
-    w = _Work(obs, before.model_copy(deep=True))
+    w = _Work(obs, _private_copy(before))
     if fresh:
         w.record("run_queued", reason="created")
     _recover_orphan(w)
@@ -1255,7 +1367,7 @@ def decide(obs: Observation) -> Decision:
     else:
         _apply_outcomes(w)
     _finalize(w)
-    changed = fresh or _core(w.s) != _core(before) or _generation_moved(before, obs.generation)
+    changed = fresh or _core_changed(before, w.s) or _generation_moved(before, obs.generation)
     if changed:
         w.s.updated_at = w.now
     return Decision(

@@ -1,0 +1,208 @@
+"""``python -m bench.run`` (``make bench``): every measurement in one run, one report.
+
+Environment:
+
+- ``BENCH_SCALE``: ``quick`` (default, a few minutes) or ``full`` (under 30 minutes);
+  the sizes are in ``bench.scenarios.SCALES``.
+- ``BENCH_PROFILE``: ``auto`` (default: profile the scenarios that miss a goal when
+  py-spy is installed), ``1`` (profile them all), ``0`` (never).
+- ``BENCH_RESULTS``: output directory (default ``bench/results``).
+
+The run starts its own etcd + kube-apiserver in a temporary directory (``devcluster``),
+installs the CRDs, measures, and stops everything again. Results land in
+``<results>/<date>-<scale>.json`` and ``.md``, plus PNG plots when matplotlib is installed
+(``pip install -e '.[bench]'``). Operator logs stay in a temporary directory printed at
+the end, for post-mortems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios, workload
+from bench.kube import Kube
+from bench.procs import py_spy
+from bench.report import render_markdown, write_plots
+from bench.stats import evaluate_goals, hotspots, inclusive_share
+from tandem_operator.cli.main import install_crds
+from tandem_operator.devcluster.controlplane import ControlPlane
+from tandem_operator.devcluster.tools import ensure_binaries
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+INCLUSIVE_SITES = (
+    "admission_pass",
+    "_slots",
+    "model_validate",
+    "decide (",
+    "merge_patch",
+    "patch_status",
+    "_emit",
+    "json",
+    "kopf/",
+)
+"""Call sites whose inclusive share each profile reports (substrings of py-spy frames)."""
+
+PROFILED_GOALS = {
+    "recovery": ("restart recovery throughput", "status writes per recovered run"),
+    "latency": ("create → first status", "gate decision → Running"),
+    "at_rest": ("RSS per tracked run", "operator CPU at rest"),
+    "throughput": ("end-to-end throughput", "status writes per run"),
+}
+
+
+def _etcd_version(etcd: Path) -> str:
+    out = subprocess.run([str(etcd), "--version"], capture_output=True, text=True, check=False)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.split(":")[-1].strip() or "?"
+
+
+async def _measure(
+    *, kube: Kube, plane: ControlPlane, scale: scenarios.Scale, workdir: Path, profile: str
+) -> dict[str, Any]:
+    pids = {"kube-apiserver": plane.apiserver_pid or 0, "etcd": plane.etcd_pid or 0}
+    bench = scenarios.Bench(
+        kube=kube,
+        kubeconfig=plane.kubeconfig,
+        workdir=workdir,
+        control_plane_pids=pids,
+        templates=workload.raw_templates(now_s=time.time()),
+    )
+    version = await kube.version()
+    results: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scale": scale.name,
+        "sizes": {k: v for k, v in vars(scale).items() if k != "name"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "kube_apiserver": version.get("gitVersion"),
+            "etcd": _etcd_version(plane.tools.etcd),
+        },
+    }
+    durations: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def timed(name: str, coro: Any) -> Any:
+        bench.say(f"Scenario {name} started")
+        t0 = time.monotonic()
+        value = await coro
+        durations[name] = round(time.monotonic() - t0, 1)
+        bench.say(f"Scenario {name} done seconds={durations[name]}")
+        return value
+
+    # The PATCH baseline brackets recovery (before and after, averaged) and the round
+    # trips are interleaved with the operator's samples, so that load from other work on
+    # the machine weighs on the yardstick and the operator alike.
+    patch_before = await timed("raw_patch_before", scenarios.raw_patch(bench, scale))
+    recovery = await timed(
+        "recovery",
+        scenarios.recovery(bench, scale, raw_writes_per_s=patch_before["writes_per_s"]),
+    )
+    patch_after = await timed("raw_patch_after", scenarios.raw_patch(bench, scale))
+    raw_per_s = round((patch_before["writes_per_s"] + patch_after["writes_per_s"]) / 2, 1)
+    scenarios.rebase_recovery(recovery, raw_per_s)
+    rtt, lat = await timed("latency", scenarios.latency(bench, scale))
+    results["baseline"] = {
+        "patch": {
+            **patch_before,
+            "writes_per_s": raw_per_s,
+            "before": patch_before,
+            "after": patch_after,
+        },
+        "round_trip": rtt,
+    }
+    results["recovery"] = recovery
+    results["latency"] = lat
+    results["at_rest"] = await timed("at_rest", scenarios.at_rest(bench, scale))
+    results["throughput"] = await timed("throughput", scenarios.throughput(bench, scale))
+    goals = evaluate_goals(results)
+    if profile != "0" and py_spy() is not None:
+        missed = {g.name for g in goals if g.met is False}
+        profiles: dict[str, Any] = {}
+        for scenario, goal_names in PROFILED_GOALS.items():
+            if profile != "1" and not any(m.startswith(goal_names) for m in missed):
+                continue
+            out = workdir / f"profile-{scenario}.txt"
+            if scenario == "recovery":
+                coro: Any = scenarios.recovery(bench, scale, raw_writes_per_s=None, profile=out)
+            elif scenario == "latency":
+                coro = _second(scenarios.latency(bench, scale, profile=out))
+            elif scenario == "at_rest":
+                coro = scenarios.at_rest(bench, scale, profile=out)
+            else:
+                coro = scenarios.throughput(bench, scale, profile=out)
+            stacks = (await timed(f"profile_{scenario}", coro))["stacks"]
+            samples, top = hotspots(stacks)
+            profiles[scenario] = {
+                "samples": samples,
+                "top": [h.to_json() for h in top],
+                "inclusive": inclusive_share(stacks, INCLUSIVE_SITES),
+            }
+        results["profiles"] = profiles
+    durations["total"] = round(time.monotonic() - started, 1)
+    results["durations_s"] = durations
+    results["goals"] = [g.to_json() for g in goals]
+    return results
+
+
+async def _second(coro: Any) -> Any:
+    return (await coro)[1]
+
+
+def main() -> int:
+    scale_name = os.environ.get("BENCH_SCALE", "quick").strip() or "quick"
+    if scale_name not in scenarios.SCALES:
+        print(f"BENCH_SCALE={scale_name!r} is not one of {sorted(scenarios.SCALES)}")
+        return 2
+    profile = os.environ.get("BENCH_PROFILE", "auto").strip() or "auto"
+    out_dir = Path(os.environ.get("BENCH_RESULTS", str(RESULTS)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scale = scenarios.SCALES[scale_name]
+    workdir = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
+    wall = time.monotonic()
+    print(f"Benchmark scale={scale.name} workdir={workdir}", flush=True)
+    plane = ControlPlane(tools=ensure_binaries(), directory=workdir / "controlplane")
+    plane.start()
+    try:
+        install_crds(plane.kubeconfig)
+
+        async def go() -> dict[str, Any]:
+            async with Kube(plane.kubeconfig) as kube:
+                return await _measure(
+                    kube=kube, plane=plane, scale=scale, workdir=workdir, profile=profile
+                )
+
+        results = asyncio.run(go())
+    finally:
+        plane.stop()
+        shutil.rmtree(plane.etcd_data_dir, ignore_errors=True)
+    results["durations_s"]["wall_including_control_plane"] = round(time.monotonic() - wall, 1)
+    goals = evaluate_goals(results)
+    stem = f"{results['date']}-{scale.name}"
+    plots = write_plots(results, out_dir, stem=stem)
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(render_markdown(results, goals, plots=plots))
+    print(f"Wrote {out_dir / stem}.json and .md, plots={plots or 'none (no matplotlib)'}")
+    for goal in goals:
+        print(f"Goal {goal.name}: measured={goal.measured} target={goal.target} met={goal.met}")
+    print(f"Operator logs in {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
