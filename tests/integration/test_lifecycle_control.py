@@ -34,9 +34,7 @@ def ms(timestamp: str) -> int:
 
 
 def lifecycle(status: dict[str, Any]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get(
-        "lifecycleHistory"
-    ) or []
+    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get("lifecycleHistory") or []
     return records
 
 
@@ -314,7 +312,9 @@ def test_stale_reaped_run_stays_paused_when_b6_does_not_hold(
     }
     for name, (manifest, ago, resumes) in cases.items():
         cluster.apply(manifest)
-        cluster.patch_status(name, stale_reaped(manifest, reaped_seconds_ago=ago, auto_resumes=resumes))
+        cluster.patch_status(
+            name, stale_reaped(manifest, reaped_seconds_ago=ago, auto_resumes=resumes)
+        )
     before = {name: cluster.run(name) for name in cases}
     operators()
     canary(cluster)
@@ -361,7 +361,10 @@ def test_guardrail_stop_is_resumed_by_an_approved_override(
         simulated_run(
             "budget",
             [
-                sim("a", executor={"simulate": {"outcome": "completed", "usage": {"promptTokens": 50}}}),
+                sim(
+                    "a",
+                    executor={"simulate": {"outcome": "completed", "usage": {"promptTokens": 50}}},
+                ),
                 sim("b", dependsOn=["a"]),
             ],
             execution={"maxTotalTokens": 10},

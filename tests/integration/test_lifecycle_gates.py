@@ -25,9 +25,7 @@ STALE_DETAIL = (
 
 
 def lifecycle(status: dict[str, Any]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get(
-        "lifecycleHistory"
-    ) or []
+    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get("lifecycleHistory") or []
     return records
 
 
@@ -258,9 +256,10 @@ def test_decision_for_a_gate_that_is_not_awaiting_is_rejected(
     decide(cluster, "reject", {"gate": "final", "decision": "approve", "requestId": "wrong"})
     observed(cluster, "reject")
     wait_for(
-        lambda: len(warnings(cluster, "reject", "GateDecisionRejected")) >= 2
-        or sum(e.get("count", 1) for e in warnings(cluster, "reject", "GateDecisionRejected"))
-        >= 2,
+        lambda: (
+            sum(e.get("count") or 1 for e in warnings(cluster, "reject", "GateDecisionRejected"))
+            >= 2
+        ),
         timeout=15,
         what="a second GateDecisionRejected Warning",
     )

@@ -32,9 +32,7 @@ def ts(offset_seconds: float = 0.0) -> str:
 
 
 def lifecycle(status: dict[str, Any]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get(
-        "lifecycleHistory"
-    ) or []
+    records: list[dict[str, Any]] = (status.get("checkpoint") or {}).get("lifecycleHistory") or []
     return records
 
 
@@ -166,9 +164,7 @@ def test_requeue_policy_output_is_visible_while_the_run_waits(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
     """Paused while the operator was down: B1r first, then B12 holds the run, output intact."""
-    run = simulated_run(
-        "held", [sim("a"), sim("b", dependsOn=["a"])], desiredState="Paused"
-    )
+    run = simulated_run("held", [sim("a"), sim("b", dependsOn=["a"])], desiredState="Paused")
     cluster.apply(run)
     cluster.patch_status(
         "held", running_status(run, pending=["a", "b"], attempts={"a": 1}, claim=dead_claim())
@@ -351,7 +347,8 @@ def test_paused_and_awaiting_runs_are_not_written_on_restart(
     # The state kept in status is still usable: the gate takes a decision and the
     # run carries on from where it stood.
     cluster.patch_spec(
-        "awaiting", {"gateDecisions": [{"gate": "review", "decision": "approve", "requestId": "r1"}]}
+        "awaiting",
+        {"gateDecisions": [{"gate": "review", "decision": "approve", "requestId": "r1"}]},
     )
     status = settle(cluster, "awaiting", "Completed", "Failed")
     assert status["phase"] == "Completed"

@@ -13,9 +13,35 @@ Two kinds of numbers, two sources:
   status write lost a race (409). A decision that failed to be written counts nothing; the
   retry that stores it counts once.
 
+The metrics (prefix ``tandem_automation_``):
+
+- ``runs{phase}`` (gauge): runs in the cache by ``status.phase``; runs without a phase yet
+  are in none.
+- ``queue_depth{queue_reason}`` (gauge): Queued runs by ``status.scheduler.queueReason``
+  (``none`` while admission has not given a reason yet).
+- ``workspace_locks_held`` (gauge): distinct ``workspace.root`` values of Running or
+  Pausing runs (B9: those phases hold the lock).
+- ``transitions_total{event}``: lifecycle records stored, by event name (``run_started``...).
+- ``auto_resumes_total{reason}``: ``run_auto_resumed`` records by reason (B6, B7).
+- ``stale_gates_marked_total``: ``approval_gate_marked_stale`` records (B4).
+- ``reaps_total{outcome}``: stale reaps (B5), ``paused`` or ``failed``.
+- ``executor_attempts_total{executor, status}``: attempt outcomes applied to a run, by
+  executor kind (``simulate``, ``agent_endpoint``, ``none`` when no executor could be
+  built) and status (``completed``, ``needs_repair``, ``failed``, ``blocked``,
+  ``transient``, ``cancelled``, ``executor_error``).
+- ``status_write_conflicts_total``: status writes refused with 409 and decided again.
+- ``transition_latency_seconds`` (histogram): for each stored status write whose decision
+  carries at least one lifecycle record, the seconds from the *first trigger* of that
+  reconcile to the end of the write. A trigger is anything that asks for a reconcile of
+  the run: a watch event, an executor outcome, a lifecycle tick, a scheduled wake-up, a
+  freed slot; triggers that arrive while one is pending are folded into it. The time thus
+  includes waiting for the run's lock and the admission lock, 409 retries and the write
+  itself, but not the time before the trigger (e.g. until a tick notices a deadline).
+
 Labels are bounded enumerations (lifecycle event names, phases, queue reasons, executor
 kinds, attempt statuses); no label carries a run, node or namespace name, so the number of
-series does not grow with the number of runs.
+series does not grow with the number of runs. The process collectors (``process_*``,
+``python_*``) are included as usual.
 
 The endpoint is an aiohttp handler on the operator's own event loop rather than
 ``prometheus_client.start_http_server``: the collector reads the run cache, which only
@@ -43,6 +69,7 @@ from prometheus_client.registry import Collector
 
 from tandem_operator.api.models import ACTIVE_PHASES, Node
 from tandem_operator.lifecycle.engine import AttemptOutcome, Decision
+from tandem_operator.scheduling.admission import workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +126,6 @@ def attempt_status(outcome: AttemptOutcome) -> str:
     return outcome.status if outcome.status in ATTEMPT_STATUSES else "failed"
 
 
-def _workspace_root(body: Mapping[str, Any]) -> str | None:
-    status = body.get("status") or {}
-    flow = status.get("automationSnapshot") or (body.get("spec") or {}).get("automation") or {}
-    root = (flow.get("workspace") or {}).get("root")
-    return str(root) if root else None
-
-
 def run_gauges(runs: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
     """The cache-derived gauges for ``runs`` (raw AutomationRun objects): pure, one pass.
 
@@ -123,7 +143,7 @@ def run_gauges(runs: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
         if phase == "Queued":
             reason = (status.get("scheduler") or {}).get("queueReason") or "none"
             queued[reason if reason in queued else "none"] += 1
-        if phase in ACTIVE_PHASES and (root := _workspace_root(body)):
+        if phase in ACTIVE_PHASES and (root := workspace_root(body)):
             locks.add(root)
     by_phase = GaugeMetricFamily(
         f"{PREFIX}runs", "AutomationRuns known to the operator, by phase", labels=["phase"]

@@ -53,7 +53,8 @@ from tandem_operator.lifecycle.engine import (
     apply_conditions,
     decide,
 )
-from tandem_operator.scheduling.admission import RunSlot, admission_pass
+from tandem_operator.lifecycle.validation import flow_error, status_problems
+from tandem_operator.scheduling.admission import RunSlot, admission_pass, workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +219,38 @@ class Reconciler:
         raw_status = body.get("status") or None
         try:
             spec = AutomationRunSpec.model_validate(body.get("spec") or {})
-            status = (
-                AutomationRunStatus.model_validate(raw_status)
-                if raw_status and raw_status.get("phase")
-                else None
-            )
         except pydantic.ValidationError as exc:
-            await self._report_invalid(key, body, exc)
+            await self._report_invalid(key, body, [_first_error("spec", exc)])
+            return
+        has_phase = bool(raw_status and raw_status.get("phase"))
+        if raw_status and not has_phase and set(raw_status) - {"conditions"}:
+            # Starting the run from scratch would throw away (and redo) what status records.
+            await self._report_invalid(
+                key, body, ["status.phase: missing from a status that records a run"]
+            )
+            return
+        try:
+            status = AutomationRunStatus.model_validate(raw_status) if has_phase else None
+        except pydantic.ValidationError as exc:
+            await self._report_invalid(key, body, [_first_error("status", exc)])
             return
         definition, definition_error = self._definition(key, spec, status)
         queued = status is None or status.phase == "Queued"
         if definition is None and spec.automation_ref is not None and queued:
             await self._refresh_automation(key[0], spec.automation_ref.name)
             definition, definition_error = self._definition(key, spec, status)
+        if status is not None:
+            snapshot = status.automation_snapshot
+            problems = status_problems(
+                status,
+                flow=definition,
+                snapshot_error=flow_error(snapshot)
+                if snapshot is not None and definition is None
+                else None,
+            )
+            if problems:
+                await self._report_invalid(key, body, problems)
+                return
         now = wall_ms()
         obs = Observation(
             now_ms=now,
@@ -382,10 +402,11 @@ class Reconciler:
             spec = body.get("spec") or {}
             phase = status.get("phase")
             flow = status.get("automationSnapshot") or spec.get("automation")
+            referenced = None
             if flow is None and spec.get("automationRef"):
                 ref = self.caches.automations.get((key[0], spec["automationRef"].get("name", "")))
-                flow = (ref or {}).get("spec")
-            workspace = ((flow or {}).get("workspace") or {}).get("root")
+                flow = referenced = (ref or {}).get("spec")
+            workspace = workspace_root(body, referenced)
             retry = parse_ms((status.get("scheduler") or {}).get("retryAfter"))
             eligible = (
                 spec.get("desiredState", "Running") == "Running"
@@ -515,17 +536,23 @@ class Reconciler:
     # -- malformed status -------------------------------------------------------------
 
     async def _report_invalid(
-        self, key: RunKey, body: Mapping[str, Any], exc: pydantic.ValidationError
+        self, key: RunKey, body: Mapping[str, Any], problems: list[str]
     ) -> None:
-        """A status the operator cannot read: say so, stall, and keep every field as is."""
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        message = f"status is not readable at {where}: {first.get('msg')}"
+        """A status the operator cannot act on: say so, stall, and keep every field as is.
+
+        One Warning Event ``InvalidStatus`` and ``Stalled=True`` naming the problems; only
+        ``conditions`` is written, and only when the problems change. Once someone fixes
+        the status, the next decision clears ``Stalled`` (see ``lifecycle.engine``).
+        """
+        message = "; ".join(problems[:3])
+        if len(problems) > 3:
+            message += f" (and {len(problems) - 3} more)"
         raw = body.get("status") or {}
         current = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
         stalled = next((c for c in current if c.get("type") == "Stalled"), None)
         if stalled and stalled.get("status") == "True" and stalled.get("message") == message:
             return
+        log.warning("Invalid status run=%s/%s problems=%s", key[0], key[1], message)
         self.emit(body, Event(type="Warning", reason="InvalidStatus", message=message))
         probe = AutomationRunStatus(phase=None)
         apply_conditions(
@@ -567,6 +594,12 @@ class Reconciler:
         else:
             for key in list(self.caches.runs):
                 self.runner.cancel(key)
+
+
+def _first_error(part: str, exc: pydantic.ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{part}.{where}: {first.get('msg')}" if where else f"{part}: {first.get('msg')}"
 
 
 def terminal(body: Mapping[str, Any]) -> bool:

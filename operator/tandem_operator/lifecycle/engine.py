@@ -1318,6 +1318,18 @@ _SHARED_PARTS: Any = {
 }
 
 
+def _reported_invalid(status: AutomationRunStatus) -> bool:
+    """The reconciler stalled this run over a status it could not use (``InvalidStatus``).
+
+    The run is decided again only once someone fixed the status, and that decision must
+    be written even when it changes nothing else, or ``Stalled`` would stay True.
+    """
+    return any(
+        c.type == "Stalled" and c.status == "True" and c.reason == "InvalidStatus"
+        for c in status.conditions
+    )
+
+
 def _private_copy(status: AutomationRunStatus) -> AutomationRunStatus:
     """A copy of ``status`` for the rules to change, cheap enough for 100-node statuses.
 
@@ -1367,7 +1379,12 @@ def decide(obs: Observation) -> Decision:
     else:
         _apply_outcomes(w)
     _finalize(w)
-    changed = fresh or _core_changed(before, w.s) or _generation_moved(before, obs.generation)
+    changed = (
+        fresh
+        or _core_changed(before, w.s)
+        or _generation_moved(before, obs.generation)
+        or _reported_invalid(before)
+    )
     if changed:
         w.s.updated_at = w.now
     return Decision(

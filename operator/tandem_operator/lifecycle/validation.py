@@ -11,17 +11,41 @@ object's state is checked here, purely, so the webhook only wires it:
   the decisions that gate allows.
 
 Each message starts with the field path it is about, as the API server's own do.
+
+:func:`status_problems` does the same for a run's *status*, which users may write by hand
+(``kubectl patch --subresource=status``) and which the schema can only check for types. A
+status the rules cannot act on safely is not guessed at: the reconciler reports it (a
+Warning Event ``InvalidStatus`` and ``Stalled=True``) and leaves every field as it is until
+someone fixes it. What counts as unusable:
+
+- a non-empty status without ``phase`` (acting on it would start the run from scratch);
+- an ``automationSnapshot`` that is not a valid flow (the run has nothing to execute);
+- a timestamp that is not RFC 3339 (deadlines computed from it would never fire, or at
+  once);
+- once admitted (a snapshot is set): ``completedNodes``, ``pendingNodes``,
+  ``blockedNodes`` or ``nodeOutputs`` naming a node the flow does not have (the run would
+  end Blocked or Failed because of a node that does not exist), an ``awaitingGate`` that
+  is not one of the flow's approval gates, or an AwaitingApproval run without one (no
+  decision could ever apply).
+
+Tolerated, because no rule reads them for an unknown node: ``nodeAttempts``,
+``nodeAttemptVerdicts`` and ``nodeRetryAfter`` entries for nodes the flow does not have;
+they are kept as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pydantic
 
-from tandem_operator.api.models import AutomationSpec, GateDecision
+from tandem_operator.api.models import AutomationRunStatus, AutomationSpec, GateDecision
+from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import find_cycle, upstream
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
 def flow_problems(flow: AutomationSpec, *, path: str) -> list[str]:
@@ -90,4 +114,90 @@ def run_problems(
     first_new = len((old_spec or {}).get("gateDecisions") or [])
     if flow is not None:
         problems += decision_problems(flow, decisions, first_new=first_new)
+    return problems
+
+
+def flow_error(raw: object) -> str | None:
+    """Why ``raw`` does not parse as a flow (first error, with its path); ``None`` if it does."""
+    try:
+        AutomationSpec.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return None
+
+
+def is_timestamp(value: str) -> bool:
+    """``value`` is an RFC 3339 date-time (``T`` separator, ``Z`` or a numeric offset)."""
+    return _RFC3339.match(value) is not None and parse_ms(value) is not None
+
+
+def _timestamps(status: AutomationRunStatus) -> Iterator[tuple[str, str | None]]:
+    """(field path, value) of every timestamp in a run's status."""
+    yield "status.createdAt", status.created_at
+    yield "status.startedAt", status.started_at
+    yield "status.finishedAt", status.finished_at
+    yield "status.updatedAt", status.updated_at
+    cp = status.checkpoint
+    yield "status.checkpoint.lastActivityAt", cp.last_activity_at
+    if cp.awaiting_gate is not None:
+        yield "status.checkpoint.awaitingGate.requestedAt", cp.awaiting_gate.requested_at
+    if cp.last_failure is not None:
+        yield "status.checkpoint.lastFailure.failedAt", cp.last_failure.failed_at
+    for node_id, at in cp.node_retry_after.items():
+        yield f"status.checkpoint.nodeRetryAfter.{node_id}", at
+    for index, record in enumerate(cp.lifecycle_history):
+        yield f"status.checkpoint.lifecycleHistory[{index}].recordedAt", record.recorded_at
+    for index, entry in enumerate(cp.gate_history):
+        yield f"status.checkpoint.gateHistory[{index}].decidedAt", entry.decided_at
+    if status.scheduler is not None:
+        yield "status.scheduler.queuedAt", status.scheduler.queued_at
+        yield "status.scheduler.retryAfter", status.scheduler.retry_after
+    if status.execution_claim is not None:
+        yield "status.executionClaim.claimedAt", status.execution_claim.claimed_at
+        yield "status.executionClaim.leaseExpiresAt", status.execution_claim.lease_expires_at
+    for index, condition in enumerate(status.conditions):
+        yield f"status.conditions[{index}].lastTransitionTime", condition.last_transition_time
+
+
+def status_problems(
+    status: AutomationRunStatus, *, flow: AutomationSpec | None, snapshot_error: str | None
+) -> list[str]:
+    """Why the operator cannot act on this (parsed, phase-bearing) status; empty if it can.
+
+    ``flow`` is the run's definition as the reconciler resolved it; ``snapshot_error`` says
+    why ``status.automationSnapshot`` did not parse as a flow, when it did not.
+    """
+    problems: list[str] = []
+    if snapshot_error is not None:
+        problems.append(f"status.automationSnapshot is not a valid flow: {snapshot_error}")
+    for path, value in _timestamps(status):
+        if value is not None and not is_timestamp(value):
+            problems.append(f"{path}: {value!r} is not an RFC 3339 timestamp")
+    if status.automation_snapshot is None or flow is None:
+        return problems
+    known = {node.id for node in flow.nodes}
+    cp = status.checkpoint
+    named = {
+        "completedNodes": cp.completed_nodes,
+        "pendingNodes": cp.pending_nodes,
+        "blockedNodes": cp.blocked_nodes,
+        "nodeOutputs": list(cp.node_outputs),
+    }
+    for field, node_ids in named.items():
+        unknown = sorted({n for n in node_ids if n not in known})
+        if unknown:
+            problems.append(
+                f"status.checkpoint.{field}: {', '.join(unknown)} not a node of this run's flow"
+            )
+    gates = {node.id for node in flow.nodes if node.kind == "Approval"}
+    gate = cp.awaiting_gate
+    if gate is not None and gate.node_id not in gates:
+        problems.append(
+            f"status.checkpoint.awaitingGate.nodeId: `{gate.node_id}` is not an approval gate "
+            "of this run's flow"
+        )
+    if status.phase == "AwaitingApproval" and gate is None:
+        problems.append("status.checkpoint.awaitingGate: missing on an AwaitingApproval run")
     return problems

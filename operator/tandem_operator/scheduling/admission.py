@@ -15,8 +15,9 @@ completion, failure, pause, cancel, deletion, recovery after a crash — release
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tandem_operator.api.models import ACTIVE_PHASES
 from tandem_operator.lifecycle.engine import QueueVerdict
@@ -34,6 +35,29 @@ class RunSlot:
     workspace: str | None
     eligible: bool = True
     """Queued and ready to start (desired Running, no retry back-off pending)."""
+
+
+def workspace_root(
+    body: Mapping[str, Any], referenced: Mapping[str, Any] | None = None
+) -> str | None:
+    """The workspace lock key of a raw AutomationRun, however malformed its status is.
+
+    The flow is the status snapshot once admitted, else the inline automation, else
+    ``referenced`` (the spec of the Automation the run names). A snapshot written by hand
+    may be anything (the schema keeps it free-form), so every level is checked: one bad
+    run must not stop admission of every other run.
+    """
+    status = body.get("status")
+    spec = body.get("spec")
+    candidates = (
+        status.get("automationSnapshot") if isinstance(status, Mapping) else None,
+        spec.get("automation") if isinstance(spec, Mapping) else None,
+        referenced,
+    )
+    flow = next((c for c in candidates if c), None)
+    workspace = flow.get("workspace") if isinstance(flow, Mapping) else None
+    root = workspace.get("root") if isinstance(workspace, Mapping) else None
+    return root if isinstance(root, str) and root else None
 
 
 def admission_pass(
