@@ -354,7 +354,7 @@ def _case_bad_snapshot() -> tuple[dict[str, Any], dict[str, Any], str]:
     status = _running(run)
     # Free-form in the schema, so the API server stores it; also not a usable workspace.
     status["automationSnapshot"] = {"nodes": "not-a-list", "workspace": "nowhere"}
-    return run, status, "status.automationSnapshot is not a valid flow: nodes"
+    return run, status, "status.automationSnapshot is not a valid flow: "
 
 
 def _case_bad_started_at() -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -446,7 +446,7 @@ def test_malformed_status_is_reported_and_left_alone(
     odd = _flow_run("extra-attempts")
     cluster.apply(odd)
     cluster.patch_status("extra-attempts", _running(odd, nodeAttempts={"a": 1, "retired-node": 3}))
-    healthy = simulated_run("healthy", [sim("x"), sim("y", dependsOn=["x"])])
+    healthy = simulated_run("healthy", [sim("first"), sim("second", dependsOn=["first"])])
     cluster.apply(healthy)
 
     operator = operators(TANDEM_RESTART_RECOVERY="requeue")
