@@ -12,6 +12,9 @@ version="$(awk '$1 == "sigs.k8s.io/cli-utils" { print $2 }' "$src/go.mod")"
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/tandem-operator/bin/kstatus-$version"
 stamp="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -d' ' -f1)"
 mkdir -p "$bin"
+# Serialise concurrent callers (parallel test workers) on the build below.
+exec 9>"$bin/.lock"
+flock 9
 
 if [[ -x "$bin/kstatus" && "$(cat "$bin/kstatus.sha256" 2>/dev/null)" == "$stamp" ]]; then
   echo "build-kstatus: cached at $bin/kstatus" >&2

@@ -64,7 +64,7 @@ class OperatorProcess:
                 *(arg for ns in self.also_watch for arg in ("--namespace", ns)),
                 "--lease-namespace",
                 self.namespace,
-                *self.env.get("TANDEM_EXTRA_ARGS", "").split(),
+                *self.extra_args(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -72,6 +72,13 @@ class OperatorProcess:
         )
         log.close()
         return self
+
+    def extra_args(self) -> list[str]:
+        """Command-line options for this process; metrics off unless a test asks for them."""
+        args = self.env.get("TANDEM_EXTRA_ARGS", "").split()
+        if not any(a.startswith("--metrics-port") for a in args):
+            args.append("--metrics-port=0")
+        return args
 
     @property
     def alive(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -205,6 +206,14 @@ def test_transient_errors_back_off_then_succeed(
     assert all(r["metadata"]["nodes"] == ["x"] for r in backoffs)
     # The agent ended both broken exchanges itself; the operator never hung up on it.
     assert agent.disconnects == []
+
+    # Every transition was announced, including those reconciled from wake-ups and ticks.
+    def announced() -> bool:
+        reasons = Counter(e["reason"] for e in cluster.events("flaky"))
+        return reasons["RunStarted"] == 3 and reasons["RunQueuedRetryBackoff"] == 2
+
+    wait_for(announced, timeout=30, what="an Event for every lifecycle record")
+    assert Counter(e["reason"] for e in cluster.events("flaky"))["RunCompleted"] == 1
 
 
 def test_endpoint_of_another_namespace_is_never_reached(

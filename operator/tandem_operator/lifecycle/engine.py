@@ -1209,7 +1209,9 @@ def desired_conditions(
     message = status.detail or ""
     terminal = phase in TERMINAL_PHASES
     succeeded = "True" if phase == "Completed" else ("False" if terminal else "Unknown")
-    failed_like = phase in ("Failed", "Blocked")
+    # Terminal without its result: kstatus (Flux, kpt) reads Stalled=True as Failed, which
+    # a Cancelled run must be too, or it would report InProgress forever (docs/gitops.md).
+    failed_like = phase in ("Failed", "Blocked", "Cancelled")
     stalled = failed_like or stalled_reason is not None
     return {
         "Succeeded": (succeeded, phase, message),
