@@ -33,6 +33,29 @@ def _get(data: Mapping[str, Any], *path: str) -> Any:
     return node
 
 
+def _source_line(r: Mapping[str, Any]) -> str:
+    start = _get(r, "source", "start") or {}
+    line = (
+        f"Operator source: commit {start.get('commit', '?')}"
+        f"{' with local changes' if start.get('operator_dirty') else ''}, "
+        f"digest {start.get('operator_sha256', '?')}."
+    )
+    if _get(r, "source", "changed_during_run"):
+        line += " **The source changed during the run: numbers mix two versions.**"
+    return line
+
+
+def _load_line(cpu: Mapping[str, Any] | None) -> str:
+    """What else the machine did meanwhile (see ``bench.procs.CpuMeter``)."""
+    if not cpu:
+        return "- Machine: n/a."
+    return (
+        f"- Machine meanwhile: {_fmt(cpu.get('machine_busy'))} CPU-s busy in "
+        f"{_fmt(cpu.get('wall'))} s on all cores, of which {_fmt(cpu.get('other'))} CPU-s "
+        f"by processes outside the benchmark; load average {_fmt(cpu.get('load_avg_1m'))}."
+    )
+
+
 def _goal_row(goal: Goal) -> str:
     verdict = {True: "met", False: "**not met**", None: "not measured"}[goal.met]
     measured = _fmt(goal.measured, 3) if goal.measured is not None else "n/a"
@@ -70,6 +93,8 @@ def render_markdown(
         "Ratios compare the operator with a minimal aiohttp client against the same API "
         "server in the same run; see docs/benchmarks.md for what each number means.",
         "",
+        _source_line(r),
+        "",
         "## Goals",
         "",
         "| goal | target | measured | verdict |",
@@ -83,7 +108,9 @@ def render_markdown(
         f"**{_fmt(raw_patch.get('writes_per_s'), 1)} writes/s** "
         f"(per-request p50 {_fmt(_get(raw_patch, 'latency', 'p50_ms'), 1)} ms, "
         f"p99 {_fmt(_get(raw_patch, 'latency', 'p99_ms'), 1)} ms; "
-        f"{_fmt(raw_patch.get('conflicts'))} conflicts).",
+        f"{_fmt(raw_patch.get('conflicts'))} conflicts); mean of a window before recovery "
+        f"({_fmt(_get(raw_patch, 'before', 'writes_per_s'), 1)}/s) and one after "
+        f"({_fmt(_get(raw_patch, 'after', 'writes_per_s'), 1)}/s).",
         "- Round trip (write → watch → status patch → watch), ms:",
         "",
         "| path | p50 | p95 | p99 | n |",
@@ -111,6 +138,7 @@ def render_markdown(
         f"({_fmt(rec.get('operator_cpu_ms_per_recovered_run'))} ms per recovered run); "
         f"kube-apiserver {_fmt(_get(rec, 'cpu_seconds', 'kube-apiserver'))} s, "
         f"etcd {_fmt(_get(rec, 'cpu_seconds', 'etcd'))} s.",
+        _load_line(rec.get("cpu_seconds")),
         "",
         "## 3. Reaction latency",
         "",
@@ -132,6 +160,8 @@ def render_markdown(
         f"Status PATCHes per gated run: {_fmt(lat.get('status_patches_per_run'))} "
         f"(the raw client needs 2: one per reaction).",
         "",
+        _load_line(lat.get("cpu_seconds")),
+        "",
         "## 4. Timers at rest",
         "",
         f"- {_fmt(rest.get('runs'))} runs ({rest.get('by_kind', {})}), lifecycle timer every "
@@ -146,6 +176,7 @@ def render_markdown(
         f"**{_fmt(rest.get('rss_bytes_per_run'), 0)} bytes per run**.",
         f"- Status PATCHes during the whole scenario: {rest.get('status_patches', {})} "
         "(B3: parked runs are not written).",
+        _load_line(rest.get("cpu_seconds_all")),
         "",
         "## 5. Throughput",
         "",
@@ -165,6 +196,7 @@ def render_markdown(
         f"{_fmt(_get(tp, 'cpu_seconds', 'etcd'))} s, operator "
         f"{_fmt(_get(tp, 'cpu_seconds', 'operator'))} s of {_fmt(_get(tp, 'cpu_seconds', 'wall'))}"
         " s wall.",
+        _load_line(tp.get("cpu_seconds")),
     ]
     profiles = r.get("profiles") or {}
     if profiles:

@@ -18,6 +18,7 @@ the end, for post-mortems.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from typing import Any
 
 from bench import scenarios, workload
 from bench.kube import Kube
-from bench.procs import py_spy
+from bench.procs import REPO, py_spy
 from bench.report import render_markdown, write_plots
 from bench.stats import evaluate_goals, hotspots, inclusive_share
 from tandem_operator.cli.main import install_crds
@@ -60,6 +61,36 @@ PROFILED_GOALS = {
     "at_rest": ("RSS per tracked run", "operator CPU at rest"),
     "throughput": ("end-to-end throughput", "status writes per run"),
 }
+
+
+def source_fingerprint() -> dict[str, Any]:
+    """The commit and a digest of the operator's source, to tie results to the code.
+
+    Taken at the start and the end of a run: operator processes are started from the
+    working tree throughout, so a digest that changed means the run measured a mix.
+    """
+    digest = hashlib.sha256()
+    root = REPO / "operator" / "tandem_operator"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "operator"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "commit": head or None,
+        "operator_dirty": bool(dirty),
+        "operator_sha256": digest.hexdigest()[:16],
+    }
 
 
 def _etcd_version(etcd: Path) -> str:
@@ -94,6 +125,7 @@ async def _measure(
             "etcd": _etcd_version(plane.tools.etcd),
         },
     }
+    results["source"] = {"start": source_fingerprint()}
     durations: dict[str, float] = {}
     started = time.monotonic()
 
@@ -154,6 +186,10 @@ async def _measure(
                 "inclusive": inclusive_share(stacks, INCLUSIVE_SITES),
             }
         results["profiles"] = profiles
+    results["source"]["end"] = source_fingerprint()
+    results["source"]["changed_during_run"] = (
+        results["source"]["start"]["operator_sha256"] != results["source"]["end"]["operator_sha256"]
+    )
     durations["total"] = round(time.monotonic() - started, 1)
     results["durations_s"] = durations
     results["goals"] = [g.to_json() for g in goals]

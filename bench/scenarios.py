@@ -540,7 +540,9 @@ async def at_rest(bench: Bench, scale: Scale, *, profile: Path | None = None) ->
         load_s = op_started + await _quiet(op.pid, below=0.2, span=2, give_up_s=300)
         profiler = Profiler(op.pid, profile).start() if profile else None
         rss_start = proc_rss_kib(op.pid)
+        meter = bench.meter(operator=op.pid)
         cpu, trace = await _cpu_trace(op.pid, window)
+        machine = meter.read()
         rss_end = proc_rss_kib(op.pid)
         delta = await bench.delta(before)
     finally:
@@ -569,6 +571,7 @@ async def at_rest(bench: Bench, scale: Scale, *, profile: Path | None = None) ->
         "cpu_share_peak_1s": round(max(shares), 3) if shares else None,
         "cpu_share_p50_1s": round(percentile(shares, 50), 4) if shares else None,
         "status_patches": delta["status_patch"],
+        "cpu_seconds_all": machine,
         "series": {"cpu_share_per_second": _series(trace)},
     }
 

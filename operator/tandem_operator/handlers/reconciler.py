@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 PLURAL = "automationruns"
 MAX_CONFLICT_RETRIES = 5
+RETRY_AFTER_FAILURE_MS = 2000
+"""A reconcile that failed (not a 409: an API error, the API server down) is retried after this."""
 
 EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
@@ -77,6 +79,19 @@ def _rv(body: Mapping[str, Any]) -> int:
         return int(body.get("metadata", {}).get("resourceVersion", "0"))
     except ValueError:
         return 0
+
+
+def _cached(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``body`` for the caches, without ``metadata.managedFields``.
+
+    Nothing here reads server-side-apply bookkeeping, and it is a third of the memory of
+    a cached run (every status field the operator ever wrote is listed there again).
+    """
+    copy = dict(body)
+    meta = copy.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        copy["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return copy
 
 
 def _key(body: Mapping[str, Any]) -> RunKey:
@@ -127,7 +142,7 @@ class Reconciler:
             return
         current = store.get(key)
         if current is None or _rv(body) >= _rv(current):
-            store[key] = dict(body)
+            store[key] = _cached(body)
 
     def runs_in(self, namespace: str) -> list[RunKey]:
         return [k for k in self.caches.runs if k[0] == namespace]
@@ -148,7 +163,12 @@ class Reconciler:
         try:
             await self.reconcile(key, kicked_at=kicked_at)
         except Exception:
+            # Typically the API server is unreachable (restarting, etcd down). The run's
+            # undelivered outcomes are still queued: try again soon rather than waiting for
+            # the next lifecycle tick or watch event.
             log.exception("Reconcile failed run=%s/%s", *key)
+            if key in self.caches.runs:
+                self._wake_at(key, wall_ms() + RETRY_AFTER_FAILURE_MS)
 
     def kick_all(self) -> None:
         for key in list(self.caches.runs):
@@ -262,7 +282,12 @@ class Reconciler:
             status=status,
             definition=definition,
             definition_error=definition_error,
-            admission=self._verdict(key),
+            # The admission pass walks every cached run: pay for it only when the verdict
+            # can matter. A Queued run needs it now; any other run only if this decision
+            # re-queues it (then decide again with the verdict, which ``decide``, being
+            # pure, turns into the same decision as if the verdict had been there from the
+            # start). A lifecycle tick over thousands of parked runs stays O(runs).
+            admission=self._verdict(key) if queued else "capacity",
             overrides=self._overrides(key[0], now),
             outcomes=self.runner.outcomes(key),
             in_flight=self.runner.in_flight(key),
@@ -270,6 +295,11 @@ class Reconciler:
             shutting_down=self.shutting_down,
         )
         decision = decide(obs)
+        if not queued and decision.status.phase == "Queued":
+            verdict = self._verdict(key)
+            if verdict != obs.admission:
+                obs = replace(obs, admission=verdict)
+                decision = decide(obs)
         if decision.changed:
             new_status = decision.status.to_api()
             patch = merge_patch(raw_status or {}, new_status)
@@ -509,7 +539,15 @@ class Reconciler:
             )
         body = self.caches.endpoints.get((namespace, name))
         if body is None:
-            raise ValueError(f"AgentEndpoint {name} not found in namespace {namespace}")
+            # The watch cache may not hold it yet (a fresh operator lists the four kinds
+            # concurrently): confirm with the API server before failing the attempt.
+            try:
+                body = await self.api.get(plural="agentendpoints", namespace=namespace, name=name)
+            except Gone:
+                raise ValueError(
+                    f"AgentEndpoint {name} not found in namespace {namespace}"
+                ) from None
+            self.observe("endpoints", body)
         endpoint = AgentEndpointSpec.model_validate(body.get("spec") or {})
         token = None
         if endpoint.auth_secret_ref is not None:
