@@ -1,7 +1,7 @@
 """Processes the benchmark starts and reads: the operator subprocess, /proc, py-spy.
 
-The operator runs exactly as in production and in the integration tests, as
-``python -m tandem_operator.cli.main run --namespace NS --lease-namespace NS`` with
+The operator runs as in production and in the integration tests, as ``python -m
+tandem_operator.cli.main run --namespace NS --lease-namespace NS --metrics-port 0`` with
 ``KUBECONFIG`` pointing at the benchmark's control plane, so its CPU time and resident
 memory can be read from ``/proc/<pid>`` without instrumenting it. The same goes for
 kube-apiserver and etcd, whose pids the control plane handle knows.
@@ -110,6 +110,10 @@ class OperatorProcess:
                     self.namespace,
                     "--lease-namespace",
                     self.namespace,
+                    # No Prometheus endpoint: nothing scrapes it here, and a fixed port
+                    # could collide with another operator on a shared machine.
+                    "--metrics-port",
+                    "0",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -203,7 +203,8 @@ def render_markdown(
         lines += ["", "## Profiles (py-spy, on-CPU samples of the operator)", ""]
         for scenario, prof in profiles.items():
             lines += [
-                f"### {scenario} ({_fmt(prof.get('samples'))} samples)",
+                f"### {scenario} ({_fmt(prof.get('samples'))} samples"
+                f"{', scale ' + prof['scale'] if prof.get('scale') else ''})",
                 "",
                 "| function | self % | total % |",
                 "|---|---|---|",

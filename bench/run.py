@@ -166,21 +166,25 @@ async def _measure(
     if profile != "0" and py_spy() is not None:
         missed = {g.name for g in goals if g.met is False}
         profiles: dict[str, Any] = {}
+        # Profiles at most at the quick sizes: they are for finding hotspots, and a full
+        # scale would double a run that is meant to stay under half an hour.
+        small = scenarios.SCALES["quick"] if scale.name == "full" else scale
         for scenario, goal_names in PROFILED_GOALS.items():
             if profile != "1" and not any(m.startswith(goal_names) for m in missed):
                 continue
             out = workdir / f"profile-{scenario}.txt"
             if scenario == "recovery":
-                coro: Any = scenarios.recovery(bench, scale, raw_writes_per_s=None, profile=out)
+                coro: Any = scenarios.recovery(bench, small, raw_writes_per_s=None, profile=out)
             elif scenario == "latency":
-                coro = _second(scenarios.latency(bench, scale, profile=out))
+                coro = _second(scenarios.latency(bench, small, profile=out))
             elif scenario == "at_rest":
-                coro = scenarios.at_rest(bench, scale, profile=out)
+                coro = scenarios.at_rest(bench, small, profile=out)
             else:
-                coro = scenarios.throughput(bench, scale, profile=out)
+                coro = scenarios.throughput(bench, small, profile=out)
             stacks = (await timed(f"profile_{scenario}", coro))["stacks"]
             samples, top = hotspots(stacks)
             profiles[scenario] = {
+                "scale": small.name,
                 "samples": samples,
                 "top": [h.to_json() for h in top],
                 "inclusive": inclusive_share(stacks, INCLUSIVE_SITES),

@@ -339,6 +339,9 @@ class Checkpoint(ApiModel):
     lifecycle_history: list[LifecycleRecord] = Field(default_factory=list)
     last_failure: LastFailure | None = None
     last_activity_at: Timestamp | None = None
+    last_stale_reap_at: Timestamp | None = Field(
+        default=None, description="When the run was last stale-reaped (B5), kept past trimming"
+    )
     node_retry_after: dict[str, Timestamp] = Field(
         default_factory=dict, description="Node id → when a transient failure may be retried"
     )

@@ -317,8 +317,11 @@ class _Work:
             metadata=dict(metadata) if metadata else None,
         )
         self.records.append(rec)
+        counters = self.s.counters
+        # A hand-written status may carry history its counter never saw.
+        counters.lifecycle_records = max(counters.lifecycle_records, len(self.cp.lifecycle_history))
         self.cp.lifecycle_history.append(rec)
-        self.s.counters.lifecycle_records += 1
+        counters.lifecycle_records += 1
         message = event if not reason else f"{event}: {reason}"
         self.events.append(
             Event(type="Warning" if warning else "Normal", reason=camel(event), message=message)
@@ -639,6 +642,8 @@ def _gate_timers(w: _Work) -> None:
                 reason=f"gate expired after {expiry.after_seconds}s ({expiry.action})",
             )
             return
+    if expiry is not None and expiry.action != "remind":
+        return  # B4 is for gates that wait on people alone; this one resolves itself
     stale_after = w.obs.settings.approval_gate_stale_after_ms
     if metadata.get("stale") or w.obs.now_ms - requested < stale_after:
         return
@@ -686,6 +691,11 @@ def _pause_resume(w: _Work) -> None:
     if desired == "Running" and phase == "Paused":
         if w.s.stop_kind in ("StaleReaped", "GuardrailStopped"):
             return
+        seen = w.s.observed_generation
+        if seen is None or w.obs.generation <= seen:
+            # B3: a Paused run whose spec has not changed since the operator last wrote it
+            # stays Paused; resuming is a change of spec.desiredState the operator sees.
+            return
         w.clear_stop()
         w.s.resume_reason = "resumed by user"
         w.queue()
@@ -696,7 +706,8 @@ def _latest_reap_ms(w: _Work) -> int | None:
     for rec in reversed(w.cp.lifecycle_history):
         if rec.stop_kind == "StaleReaped" or rec.event.endswith("stale_no_provider_activity"):
             return parse_ms(rec.recorded_at)
-    return None
+    # The record may have been trimmed from a bounded history; the checkpoint keeps its time.
+    return parse_ms(w.cp.last_stale_reap_at)
 
 
 def _stale_auto_resume(w: _Work) -> None:
@@ -1042,6 +1053,7 @@ def _stale_reap(w: _Work) -> None:
             failed_node = node_id
     w.stop_in_flight()
     w.s.stop_kind = "StaleReaped"
+    w.cp.last_stale_reap_at = w.now
     metadata = {"stale_after_ms": threshold, "last_activity_ms": last, "nodes": progressing}
     if failed_node is not None:
         w.phase_to("Failed")
@@ -1188,6 +1200,13 @@ def _settle_pausing(w: _Work) -> None:
     if w.s.phase != "Pausing" or w.obs.in_flight:
         return
     _release_in_flight_attempts(w)
+    if w.obs.spec.desired_state == "Running":
+        # Resumed while its attempts were still stopping: nothing left to pause.
+        w.clear_stop()
+        w.s.resume_reason = "resumed by user"
+        w.queue()
+        w.record("run_resumed", reason="resumed by user")
+        return
     w.phase_to("Paused")
     w.record("run_paused", reason=w.s.pause_reason or "paused by user")
 
