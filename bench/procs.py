@@ -71,8 +71,9 @@ class CpuMeter:
             for name, pid in self.pids.items()
         }
         busy = machine_busy() - self._busy
+        measured = sum(out.values())
         out["machine_busy"] = round(busy, 3)
-        out["other"] = round(max(0.0, busy - sum(out.values())), 3)
+        out["other"] = round(max(0.0, busy - measured), 3)
         out["wall"] = round(time.monotonic() - self._wall, 3)
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
         return out

@@ -27,7 +27,9 @@ import pytest
 import yaml
 from support import REPO, Cluster, OperatorProcess, sim, simulated_run, wait_for
 
+from tandem_operator.api.models import AutomationRunStatus, AutomationSpec
 from tandem_operator.devcluster.session import KubeSession, unique_namespace_name
+from tandem_operator.lifecycle.validation import is_timestamp, status_problems
 
 API_VERSION = "automation.tandem.dev/v1alpha1"
 
@@ -428,6 +430,44 @@ def _invalid_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
         for e in cluster.events(name)
         if e.get("reason") == "InvalidStatus" and e.get("type") == "Warning"
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("2026-11-24T01:02:03.456Z", True),
+        ("2026-11-24T01:02:03Z", True),
+        ("2026-11-24T01:02:03.456+01:00", True),
+        ("2026-11-24", False),
+        ("2026-11-24 01:02:03Z", False),
+        ("2026-11-24T01:02:03", False),
+        ("2026-13-45T99:00:00.000Z", False),
+        ("yesterday", False),
+        ("", False),
+    ],
+)
+def test_what_counts_as_an_rfc3339_timestamp(value: str, valid: bool) -> None:
+    assert is_timestamp(value) is valid
+
+
+def test_what_the_operator_tolerates_in_a_hand_written_status() -> None:
+    """Entries no rule reads are kept; before admission the flow may still change."""
+    run = _flow_run("tolerant")
+    flow = AutomationSpec.model_validate(run["spec"]["automation"])
+    admitted = AutomationRunStatus.model_validate(
+        _running(run, nodeAttempts={"a": 1, "retired": 4}, nodeRetryAfter={"retired": "x"})
+    )
+    problems = status_problems(admitted, flow=flow, snapshot_error=None)
+    assert problems == [
+        "status.checkpoint.nodeRetryAfter.retired: 'x' is not an RFC 3339 timestamp"
+    ]
+    admitted.checkpoint.node_retry_after = {}
+    assert status_problems(admitted, flow=flow, snapshot_error=None) == []
+    # Queued, never admitted (no snapshot): the pending list predates an edited flow.
+    queued = AutomationRunStatus.model_validate(
+        {"phase": "Queued", "checkpoint": {"pendingNodes": ["a", "b", "renamed"]}}
+    )
+    assert status_problems(queued, flow=flow, snapshot_error=None) == []
 
 
 def test_malformed_status_is_reported_and_left_alone(

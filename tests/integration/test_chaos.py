@@ -15,8 +15,13 @@ Two tests, each a promise that could fail:
      one ``completed`` verdict (no outcome counted twice, none lost);
    - a node interrupted on its last attempt fails the run as B1 says (``ServerRestart``),
      and only then: such a run has ``maxAttempts - 1`` recorded interruptions of that node;
+   - four runs whose single-attempt node runs for 40 s are admitted first, so a kill
+     certainly interrupts them: they must end Failed, and every run that has no
+     single-attempt node must end Completed;
    - each gate decision lands in ``gateHistory`` exactly once;
    - throughout, no operator instance runs two runs of the same workspace at once.
+
+   It takes two to four minutes on a 2-core machine, so it is marked ``slow``.
 
 2. **A kube-apiserver restart and an etcd restart mid-flight**: the operator keeps running,
    reconnects, and every run completes.

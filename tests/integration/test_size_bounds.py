@@ -1,6 +1,6 @@
 """A 100-node run whose agents return large outputs stays far below the object size limit.
 
-The unit tests (``tests/unit/test_size_bounds.py``) drive the engine through 10,000
+The unit tests (``tests/unit/test_status_size.py``) drive the engine through 10,000
 lifecycle records; this test checks the same bound where it matters, on the status the API
 server stores. 95 nodes run on the real NDJSON agent server, which answers every attempt
 with a 20 KB output; 5 are simulated with a 3 KB output (a simulated output is written in

@@ -24,6 +24,13 @@ from kubernetes.client.exceptions import ApiException
 
 from tandem_operator.api.models import GROUP, VERSION
 
+_KINDS = {
+    "automationruns": "AutomationRun",
+    "automations": "Automation",
+    "agentendpoints": "AgentEndpoint",
+    "agentquotaoverrides": "AgentQuotaOverride",
+}
+
 
 class Conflict(Exception):
     """The object changed since it was read (HTTP 409)."""
@@ -107,6 +114,24 @@ class KubeApi:
             self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
         )
         return result
+
+    async def list(self, *, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Every object of a kind, in one namespace or all of them."""
+        if namespace is None:
+            result = await self._call(
+                self._custom.list_cluster_custom_object, GROUP, VERSION, plural
+            )
+        else:
+            result = await self._call(
+                self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+        items: list[dict[str, Any]] = []
+        for item in result.get("items") or []:
+            # List items carry no kind; the caches and Events expect full objects.
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            item.setdefault("kind", _KINDS.get(plural, ""))
+            items.append(item)
+        return items
 
     async def read_secret_key(self, *, namespace: str, name: str, key: str) -> str | None:
         secret = await self._call(self._core.read_namespaced_secret, name, namespace)

@@ -107,6 +107,7 @@ def build_registry(
     identity: str | None = None,
     webhook_options: WebhookOptions | None = None,
     metrics: OperatorMetrics | None = None,
+    namespaces: list[str] | None = None,
 ) -> tuple[kopf.OperatorRegistry, Reconciler, Leadership]:
     """A registry with every handler bound to one reconciler and one leadership."""
     registry = kopf.OperatorRegistry()
@@ -124,6 +125,7 @@ def build_registry(
         live_instances=lambda: holder["leader"].live_instances(),
         is_leader=lambda: holder["leader"].is_leader,
         metrics=metrics,
+        namespaces=namespaces,
     )
     reconciler.metrics.watch_runs(lambda: list(reconciler.caches.runs.values()))
 
@@ -243,6 +245,7 @@ async def run_operator(
         lease_namespace=lease_namespace,
         webhook_options=webhook_options,
         metrics=metrics,
+        namespaces=namespaces or None,
     )
     # /metrics on the operator's own loop (see handlers.metrics); port 0 turns it off.
     server = await serve_metrics(metrics, port=metrics_port) if metrics_port else None

@@ -59,6 +59,12 @@ from tandem_operator.scheduling.admission import RunSlot, admission_pass, worksp
 log = logging.getLogger(__name__)
 
 PLURAL = "automationruns"
+_CACHED_KINDS = (
+    ("automations", "automations"),
+    ("endpoints", "agentendpoints"),
+    ("overrides", "agentquotaoverrides"),
+    ("runs", "automationruns"),
+)
 MAX_CONFLICT_RETRIES = 5
 RETRY_AFTER_FAILURE_MS = 2000
 """A reconcile that failed (not a 409: an API error, the API server down) is retried after this."""
@@ -110,8 +116,13 @@ class Reconciler:
         live_instances: Callable[[], frozenset[str]],
         is_leader: Callable[[], bool],
         metrics: OperatorMetrics | None = None,
+        namespaces: list[str] | None = None,
     ) -> None:
         self.api = api
+        self.namespaces = namespaces
+        """Watched namespaces; ``None`` for all."""
+        self.primed = False
+        """True once this leader has listed every watched object (see on_leadership)."""
         self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.settings = settings
         self.identity = identity
@@ -176,6 +187,13 @@ class Reconciler:
 
     def kick_admission(self) -> None:
         """Capacity or a workspace was freed: reconcile the runs admission now lets in."""
+        if not any(
+            (body.get("status") or {}).get("phase") in (None, "Queued")
+            for body in self.caches.runs.values()
+        ):
+            # Nothing waits: skip building a slot per run (restart recovery settles
+            # thousands of runs, each of which lands here).
+            return
         verdicts = admission_pass(
             self._slots(), capacity=self.settings.scheduler_max_concurrent_runs
         )
@@ -198,7 +216,7 @@ class Reconciler:
 
     async def reconcile(self, key: RunKey, *, kicked_at: float | None = None) -> None:
         """Decide and apply for one run; ``kicked_at`` (monotonic) is its first trigger."""
-        if not self.is_leader():
+        if not self.is_leader() or not self.primed:
             return
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -628,10 +646,35 @@ class Reconciler:
 
     def on_leadership(self, leader: bool) -> None:
         if leader:
-            self.kick_all()
+            task = asyncio.create_task(self._prime_then_reconcile(), name="prime-caches")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         else:
+            self.primed = False
             for key in list(self.caches.runs):
                 self.runner.cancel(key)
+
+    async def _prime_then_reconcile(self) -> None:
+        """List every watched object before acting, then reconcile all runs.
+
+        The watch streams fill the caches one event at a time; a new leader that admitted
+        a Queued run before it had seen the Running run holding the same workspace would
+        break the lock. So a leader lists the four kinds first and only then acts.
+        """
+        while self.is_leader() and not self.primed:
+            try:
+                for kind, plural in _CACHED_KINDS:
+                    scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
+                    for namespace in scopes:
+                        for item in await self.api.list(plural=plural, namespace=namespace):
+                            self.observe(kind, item)
+            except Exception as exc:
+                log.warning("Listing before acting failed, retrying error=%s", exc)
+                await asyncio.sleep(2)
+                continue
+            self.primed = True
+        if self.primed:
+            self.kick_all()
 
 
 def _first_error(part: str, exc: pydantic.ValidationError) -> str:
