@@ -6,11 +6,13 @@ their leader Lease there, so tests never see each other's runs.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Cluster, OperatorProcess
+from support import Cluster, OperatorProcess, wait_for
 
 from agentserver import AgentServer
 from tandem_operator.cli.main import install_crds
@@ -87,3 +89,42 @@ def agent(cluster: Cluster) -> Iterator[AgentServer]:
         yield server
     finally:
         server.stop()
+
+
+WEBHOOK_NAME = "tandem-operator.automation.tandem.dev"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def webhook_operator(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> Iterator[OperatorProcess]:
+    """An operator serving the admission webhook, once both configurations point at it."""
+    port = _free_port()
+    proc = operators(TANDEM_EXTRA_ARGS=f"--webhook-port={port}")
+    kube = cluster.kube
+
+    def registered(kind: str) -> bool:
+        result = kube.kubectl("get", kind, WEBHOOK_NAME, "-o", "json", check=False)
+        if result.returncode != 0:
+            return False
+        hooks = json.loads(result.stdout).get("webhooks") or []
+        return any(str(port) in (h.get("clientConfig", {}).get("url") or "") for h in hooks)
+
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        wait_for(
+            lambda kind=kind: registered(kind),
+            timeout=60,
+            what=f"the {kind} to be registered",
+            describe=proc.log,
+        )
+    yield proc
+    proc.stop()
+    kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME, check=False)
+    kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_NAME, check=False)

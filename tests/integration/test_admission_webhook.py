@@ -7,48 +7,12 @@ plane itself (kopf keeps the Validating/MutatingWebhookConfiguration up to date)
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
 
 from tandem_operator.devcluster.session import KubeSession
-
-WEBHOOK_NAME = "tandem-operator.automation.tandem.dev"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def webhook_operator(
-    cluster: Cluster, operators: Callable[..., OperatorProcess], tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    port = _free_port()
-    proc = operators(TANDEM_EXTRA_ARGS=f"--webhook-port={port}")
-    kube = cluster.kube
-
-    def registered() -> bool:
-        result = kube.kubectl(
-            "get", "validatingwebhookconfiguration", WEBHOOK_NAME, "-o", "json", check=False
-        )
-        if result.returncode != 0:
-            return False
-        hooks = json.loads(result.stdout).get("webhooks") or []
-        return any(str(port) in (h.get("clientConfig", {}).get("url") or "") for h in hooks)
-
-    wait_for(registered, timeout=60, what="the webhook to be registered", describe=proc.log)
-    yield proc
-    proc.stop()
-    kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME, check=False)
-    kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_NAME, check=False)
 
 
 def _gated(name: str) -> dict[str, Any]:

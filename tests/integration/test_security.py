@@ -18,13 +18,10 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
 
@@ -32,7 +29,6 @@ from agentserver import AgentServer
 from tandem_operator.devcluster.session import KubeSession
 
 API_VERSION = "automation.tandem.dev/v1alpha1"
-WEBHOOK_NAME = "tandem-operator.automation.tandem.dev"
 AGENT_ENDPOINT = "engine"
 """The AgentEndpoint the ``agent`` fixture creates; its Secret is ``engine-token``."""
 
@@ -279,37 +275,6 @@ def test_operator_reads_only_the_secret_its_endpoint_names(
 
 
 # ---------------------------------------------------------------------- approvers
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def webhook_operator(
-    cluster: Cluster, operators: Callable[..., OperatorProcess]
-) -> Iterator[OperatorProcess]:
-    port = _free_port()
-    proc = operators(TANDEM_EXTRA_ARGS=f"--webhook-port={port}")
-    kube = cluster.kube
-
-    def registered() -> bool:
-        result = kube.kubectl(
-            "get", "mutatingwebhookconfiguration", WEBHOOK_NAME, "-o", "json", check=False
-        )
-        if result.returncode != 0:
-            return False
-        hooks = json.loads(result.stdout).get("webhooks") or []
-        return any(str(port) in (h.get("clientConfig", {}).get("url") or "") for h in hooks)
-
-    wait_for(registered, timeout=60, what="the webhook to be registered", describe=proc.log)
-    yield proc
-    proc.stop()
-    kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME, check=False)
-    kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_NAME, check=False)
 
 
 def _person(cluster: Cluster, name: str, tmp_path: Path) -> tuple[Path, str]:

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -67,24 +67,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from tandem_operator.api.models import ACTIVE_PHASES, Node
+from tandem_operator.api.models import ACTIVE_PHASES, Node, Phase
 from tandem_operator.lifecycle.engine import AttemptOutcome, Decision
 from tandem_operator.scheduling.admission import workspace_root
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tandem_automation_"
-PHASES = (
-    "Queued",
-    "Running",
-    "Pausing",
-    "Paused",
-    "AwaitingApproval",
-    "Completed",
-    "Blocked",
-    "Failed",
-    "Cancelled",
-)
+PHASES: tuple[str, ...] = get_args(Phase)
 QUEUE_REASONS = ("capacity", "workspace_lock", "rate_limit", "retry_backoff", "none")
 """``none``: a Queued run whose admission has not been decided yet (no queueReason)."""
 ATTEMPT_STATUSES = frozenset(

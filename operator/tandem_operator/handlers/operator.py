@@ -59,18 +59,27 @@ class _EventPoster:
     in the tasks that run handlers. Reconciles also run in tasks that never passed through
     a handler (the lifecycle tick, leadership changes, wake-ups and attempt outcomes that
     descend from them), where ``kopf.event`` raises ``LookupError``. The poster remembers
-    the context of a handler and posts from it there. Posting is best effort: an Event that
-    cannot be queued is logged and never stops the reconcile that emits it, which still has
-    attempts to start.
+    the context of a handler and posts from it there. A new leader reconciles the runs it
+    listed before kopf has called any handler (restart recovery does exactly that), so
+    Events emitted before a context exists wait, up to ``EARLY_EVENTS_LIMIT``, and are
+    posted from the first handler. Posting is best effort: an Event that cannot be queued
+    is logged and never stops the reconcile that emits it, which still has attempts to
+    start.
     """
+
+    EARLY_EVENTS_LIMIT = 10_000
 
     def __init__(self) -> None:
         self._context: contextvars.Context | None = None
+        self._early: list[tuple[Mapping[str, Any], Event]] = []
 
     def remember(self) -> None:
-        """Called from handlers: keep a context in which kopf can post."""
+        """Called from handlers: keep a context in which kopf can post; post what waited."""
         if self._context is None:
             self._context = contextvars.copy_context()
+            early, self._early = self._early, []
+            for body, event in early:
+                self(body, event)
 
     def __call__(self, body: Mapping[str, Any], event: Event) -> None:
         try:
@@ -78,6 +87,9 @@ class _EventPoster:
                 _emit(body, event)
             except LookupError:
                 if self._context is None:
+                    if len(self._early) < self.EARLY_EVENTS_LIMIT:
+                        self._early.append((body, event))
+                        return
                     raise
                 self._context.run(_emit, body, event)
         except Exception:
@@ -167,6 +179,12 @@ def build_registry(
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.batching.worker_limit = 64
+        # A per-object worker lingers this long after its last event, holding one of the
+        # 64 slots: with kopf's default of 5 s, a fresh operator (or a burst of new runs)
+        # gets through at most 64 objects per 5 s, ~13 runs/s, whatever the API server
+        # could take. The handlers only update a cache and kick, so a worker is done at
+        # once; a new one is cheap when the object's next event comes.
+        settings.batching.idle_timeout = 0.1
         if webhook_options is not None:
             settings.admission.server = webhook.server(
                 addr=webhook_options.addr,
