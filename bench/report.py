@@ -40,8 +40,13 @@ def _source_line(r: Mapping[str, Any]) -> str:
         f"{' with local changes' if start.get('operator_dirty') else ''}, "
         f"digest {start.get('operator_sha256', '?')}."
     )
-    if _get(r, "source", "changed_during_run"):
-        line += " **The source changed during the run: numbers mix two versions.**"
+    changed = _get(r, "source", "changed_during_run")
+    if changed:
+        names = ", ".join(changed) if isinstance(changed, list) else "some files"
+        line += (
+            f" **Operator source changed during the run ({names}): later scenarios ran the "
+            "newer code.**"
+        )
     return line
 
 

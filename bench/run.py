@@ -67,13 +67,17 @@ def source_fingerprint() -> dict[str, Any]:
     """The commit and a digest of the operator's source, to tie results to the code.
 
     Taken at the start and the end of a run: operator processes are started from the
-    working tree throughout, so a digest that changed means the run measured a mix.
+    working tree throughout, so a file that changed means later scenarios ran newer code.
     """
     digest = hashlib.sha256()
+    files: dict[str, str] = {}
     root = REPO / "operator" / "tandem_operator"
     for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+        name = str(path.relative_to(root))
+        data = path.read_bytes()
+        files[name] = hashlib.sha256(data).hexdigest()[:12]
+        digest.update(name.encode())
+        digest.update(data)
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -90,6 +94,7 @@ def source_fingerprint() -> dict[str, Any]:
         "commit": head or None,
         "operator_dirty": bool(dirty),
         "operator_sha256": digest.hexdigest()[:16],
+        "files": files,
     }
 
 
@@ -191,9 +196,9 @@ async def _measure(
             }
         results["profiles"] = profiles
     results["source"]["end"] = source_fingerprint()
-    results["source"]["changed_during_run"] = (
-        results["source"]["start"]["operator_sha256"] != results["source"]["end"]["operator_sha256"]
-    )
+    before, after = results["source"]["start"]["files"], results["source"]["end"]["files"]
+    changed = sorted(f for f in set(before) | set(after) if before.get(f) != after.get(f))
+    results["source"]["changed_during_run"] = changed
     durations["total"] = round(time.monotonic() - started, 1)
     results["durations_s"] = durations
     results["goals"] = [g.to_json() for g in goals]

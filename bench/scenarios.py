@@ -501,36 +501,17 @@ async def at_rest(bench: Bench, scale: Scale, *, profile: Path | None = None) ->
             op.stop()
     names = [f"rest-{i:05d}" for i in range(scale.rest_runs)]
     kinds = ["Paused" if i % 2 else "AwaitingApproval" for i in range(len(names))]
-    bench.say(f"At rest: parking {len(names)} runs with an operator ns={ns}")
-    # Parked by a real operator, so their statuses are what production would hold
-    # (conditions, snapshot, history); then that operator stops and a fresh one starts
-    # on them, as after a restart or an upgrade, and is measured.
-    watcher = RunWatcher(bench.kube, ns)
-    watcher.keep_objects = False
-    await watcher.start()
-    parker = bench.operator(ns).start()
-    try:
-        await asyncio.to_thread(parker.wait_leader)
-        await bounded(
-            CONCURRENCY,
-            [
-                partial(
-                    bench.kube.create_run,
-                    ns,
-                    workload.run_manifest(n, workload.gated_flow())
-                    if k == "AwaitingApproval"
-                    else workload.run_manifest(n, workload.chain_flow(), desired_state="Paused"),
-                )
-                for n, k in zip(names, kinds, strict=True)
-            ],
-        )
-        await watcher.wait_counts(
-            lambda: watcher.counts["AwaitingApproval"] + watcher.counts["Paused"] >= len(names),
-            within=120 + len(names) / 5,
-        )
-    finally:
-        parker.stop()
-        await watcher.stop()
+    bench.say(f"At rest: writing {len(names)} parked runs ns={ns}")
+    # Statuses exactly as the operator writes them (see workload.parked_statuses), written
+    # while no operator runs; then one starts on them, as after an upgrade, and is measured.
+    templates = workload.parked_statuses(now_s=time.time())
+    await bounded(
+        CONCURRENCY,
+        [
+            partial(_create_with_status, bench.kube, ns, *workload.parked(templates, k, n))
+            for n, k in zip(names, kinds, strict=True)
+        ],
+    )
     before = await bench.counters()
     op = bench.operator(ns).start()
     profiler = None

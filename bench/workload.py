@@ -168,6 +168,33 @@ def orphan(kind: str, name: str, *, now_s: float) -> tuple[dict[str, Any], dict[
     return manifest, status
 
 
+def parked_statuses(*, now_s: float) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """kind → (flow manifest template, status) of a run the operator has parked.
+
+    The status is what the operator's engine writes for a new run of that flow: waiting at
+    its gate (AwaitingApproval), or created with ``desiredState: Paused`` (Paused). Writing
+    it by hand gives the at-rest workload production-sized statuses (conditions, snapshot,
+    history) without making the operator park thousands of runs first.
+    """
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for kind, manifest in (
+        ("AwaitingApproval", run_manifest("template", gated_flow())),
+        ("Paused", run_manifest("template", chain_flow(), desired_state="Paused")),
+    ):
+        status = decide(_observe(manifest, None, now_ms=int(now_s * 1000))).status.to_api()
+        out[kind] = (manifest, status)
+    return out
+
+
+def parked(
+    templates: dict[str, tuple[dict[str, Any], dict[str, Any]]], kind: str, name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    manifest, status = templates[kind]
+    named = copy.deepcopy(manifest)
+    named["metadata"]["name"] = name
+    return named, status
+
+
 def orphan_kind(index: int) -> str:
     return ORPHAN_KINDS[index % len(ORPHAN_KINDS)]
 
