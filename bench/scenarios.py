@@ -1,12 +1,13 @@
 """The five measurements, each in its own namespace of one shared control plane.
 
-1. ``raw_patch`` and ``raw_round_trips``: what the API server does for a minimal client
-   (``bench.kube``), the denominators of every ratio;
+1. ``raw_patch`` (and, inside ``latency``, ``_raw_reactor``): what the API server does for
+   a minimal client (``bench.kube``), the denominators of every ratio;
 2. ``recovery``: orphaned runs written by hand while no operator runs, then one operator
    started, timed until every run is settled;
 3. ``latency``: a user's create and gate decision, timed until an independent watch sees
-   the operator's answer;
-4. ``at_rest``: many runs parked at a gate or paused; the operator's CPU and memory;
+   the operator's answer, interleaved sample for sample with the raw controller's;
+4. ``at_rest``: many runs parked at a gate or paused (statuses as the operator writes
+   them, written by hand), then a fresh operator's CPU and memory;
 5. ``throughput``: many three-node simulated runs end to end.
 
 Every scenario returns a JSON-ready dict. API writes are counted by the API server itself
@@ -50,7 +51,6 @@ class Scale:
     name: str
     raw_patch_seconds: float
     raw_patch_objects: int
-    round_trip_samples: int
     recovery_runs: int
     latency_samples: int
     rest_runs: int
@@ -64,7 +64,6 @@ SCALES = {
         name="smoke",
         raw_patch_seconds=3,
         raw_patch_objects=40,
-        round_trip_samples=10,
         recovery_runs=40,
         latency_samples=10,
         rest_runs=100,
@@ -75,7 +74,6 @@ SCALES = {
         name="quick",
         raw_patch_seconds=10,
         raw_patch_objects=200,
-        round_trip_samples=100,
         recovery_runs=500,
         latency_samples=100,
         rest_runs=1000,
@@ -86,7 +84,6 @@ SCALES = {
         name="full",
         raw_patch_seconds=30,
         raw_patch_objects=400,
-        round_trip_samples=300,
         recovery_runs=5000,
         latency_samples=300,
         rest_runs=10000,
@@ -255,6 +252,96 @@ async def _raw_reactor(kube: Kube, namespace: str, templates: dict[str, dict[str
             )
 
 
+# --------------------------------------------------------------------------- 2. recovery
+
+
+async def recovery(
+    bench: Bench, scale: Scale, *, raw_writes_per_s: float | None, profile: Path | None = None
+) -> dict[str, Any]:
+    ns = await bench.namespace("recovery")
+    now = time.time()
+    kinds = [workload.orphan_kind(i) for i in range(scale.recovery_runs)]
+    names = [f"orphan-{i:05d}" for i in range(scale.recovery_runs)]
+    bodies = [workload.orphan(k, n, now_s=now) for k, n in zip(kinds, names, strict=True)]
+    bench.say(f"Recovery: writing {len(names)} orphaned runs ns={ns}")
+    rvs = await bounded(
+        CONCURRENCY,
+        [partial(_create_with_status, bench.kube, ns, m, s) for m, s in bodies],
+    )
+    written = dict(zip(names, rvs, strict=True))
+    watcher = RunWatcher(bench.kube, ns)
+    await watcher.start()
+    recovered = {
+        n: workload.SETTLED[k]
+        for n, k in zip(names, kinds, strict=True)
+        if k in ("Running", "Pausing")
+    }
+    untouched = [
+        n for n, k in zip(names, kinds, strict=True) if k in ("Paused", "AwaitingApproval")
+    ]
+
+    def settled() -> bool:
+        return all(watcher.phases.get(n) == p for n, p in recovered.items())
+
+    before = await bench.counters()
+    op = bench.operator(ns)
+    op.start()
+    meter = bench.meter(operator=op.pid)
+    profiler = Profiler(op.pid, profile).start() if profile else None
+    try:
+        leader_s = await asyncio.to_thread(op.wait_leader)
+        await watcher.wait_counts(settled, within=max(180.0, len(names) / 5))
+        done = time.monotonic()
+        cpu = meter.read()
+        await asyncio.sleep(3)  # late writes (to runs B3 must leave alone) would show now
+        delta = await bench.delta(before)
+    finally:
+        stacks = profiler.stop() if profiler else ""
+        op.stop()
+        await watcher.stop()
+    await bench.kube.delete_runs(ns)
+    if profile:
+        return {"stacks": stacks}
+    times = sorted(
+        t - op.started_at
+        for n, p in recovered.items()
+        if (t := watcher.seen_at(n, (p,), after=op.started_at)) is not None
+    )
+    total_s = times[-1]
+    drain_s = times[-1] - times[0]
+    per_s = rate(len(recovered), total_s)
+    drain_per_s = rate(len(recovered), drain_s)
+    rewritten = [
+        n for n in untouched if watcher.objects[n]["metadata"]["resourceVersion"] != written[n]
+    ]
+    patches = delta["status_patch"].get("total", 0)
+    return {
+        "namespace": ns,
+        "runs": len(names),
+        "by_kind": {k: kinds.count(k) for k in workload.ORPHAN_KINDS},
+        "recovered_runs": len(recovered),
+        "leader_after_s": round(leader_s, 3),
+        "first_settled_after_s": round(times[0], 3),
+        "all_settled_after_s": round(total_s, 3),
+        "drain_s": round(drain_s, 3),
+        "recovered_per_s": None if per_s is None else round(per_s, 1),
+        "recovered_per_s_drain": None if drain_per_s is None else round(drain_per_s, 1),
+        "raw_patch_per_s": raw_writes_per_s,
+        "ratio_to_raw_patch": ratio(per_s, raw_writes_per_s),
+        "ratio_to_raw_patch_drain": ratio(drain_per_s, raw_writes_per_s),
+        "status_patches": delta["status_patch"],
+        "writes_per_recovered_run": ratio(patches, len(recovered)),
+        "untouched_runs": len(untouched),
+        "untouched_runs_rewritten": len(rewritten),
+        "events_posted": delta["event_post"].get("total", 0),
+        "run_gets": delta["run_get"].get("total", 0),
+        "cpu_seconds": cpu,
+        "operator_cpu_ms_per_recovered_run": round(1000 * cpu["operator"] / len(recovered), 2),
+        "wall_to_settled_s": round(done - op.started_at, 3),
+        "series": {"settled_over_time": _series([(t, i + 1) for i, t in enumerate(times)])},
+    }
+
+
 def rebase_recovery(result: dict[str, Any], raw_writes_per_s: float) -> None:
     """Recompute the recovery ratios against another raw PATCH rate (e.g. a mean)."""
     result["raw_patch_per_s"] = raw_writes_per_s
@@ -365,96 +452,6 @@ async def latency(
         "events_posted_per_run": ratio(delta["event_post"].get("total", 0), n),
         "cpu_seconds": cpu,
         "samples": {"create_s": create, "gate_s": approve},
-    }
-
-
-# --------------------------------------------------------------------------- 2. recovery
-
-
-async def recovery(
-    bench: Bench, scale: Scale, *, raw_writes_per_s: float | None, profile: Path | None = None
-) -> dict[str, Any]:
-    ns = await bench.namespace("recovery")
-    now = time.time()
-    kinds = [workload.orphan_kind(i) for i in range(scale.recovery_runs)]
-    names = [f"orphan-{i:05d}" for i in range(scale.recovery_runs)]
-    bodies = [workload.orphan(k, n, now_s=now) for k, n in zip(kinds, names, strict=True)]
-    bench.say(f"Recovery: writing {len(names)} orphaned runs ns={ns}")
-    rvs = await bounded(
-        CONCURRENCY,
-        [partial(_create_with_status, bench.kube, ns, m, s) for m, s in bodies],
-    )
-    written = dict(zip(names, rvs, strict=True))
-    watcher = RunWatcher(bench.kube, ns)
-    await watcher.start()
-    recovered = {
-        n: workload.SETTLED[k]
-        for n, k in zip(names, kinds, strict=True)
-        if k in ("Running", "Pausing")
-    }
-    untouched = [
-        n for n, k in zip(names, kinds, strict=True) if k in ("Paused", "AwaitingApproval")
-    ]
-
-    def settled() -> bool:
-        return all(watcher.phases.get(n) == p for n, p in recovered.items())
-
-    before = await bench.counters()
-    op = bench.operator(ns)
-    op.start()
-    meter = bench.meter(operator=op.pid)
-    profiler = Profiler(op.pid, profile).start() if profile else None
-    try:
-        leader_s = await asyncio.to_thread(op.wait_leader)
-        await watcher.wait_counts(settled, within=max(180.0, len(names) / 5))
-        done = time.monotonic()
-        cpu = meter.read()
-        await asyncio.sleep(3)  # late writes (to runs B3 must leave alone) would show now
-        delta = await bench.delta(before)
-    finally:
-        stacks = profiler.stop() if profiler else ""
-        op.stop()
-        await watcher.stop()
-    await bench.kube.delete_runs(ns)
-    if profile:
-        return {"stacks": stacks}
-    times = sorted(
-        t - op.started_at
-        for n, p in recovered.items()
-        if (t := watcher.seen_at(n, (p,), after=op.started_at)) is not None
-    )
-    total_s = times[-1]
-    drain_s = times[-1] - times[0]
-    per_s = rate(len(recovered), total_s)
-    drain_per_s = rate(len(recovered), drain_s)
-    rewritten = [
-        n for n in untouched if watcher.objects[n]["metadata"]["resourceVersion"] != written[n]
-    ]
-    patches = delta["status_patch"].get("total", 0)
-    return {
-        "namespace": ns,
-        "runs": len(names),
-        "by_kind": {k: kinds.count(k) for k in workload.ORPHAN_KINDS},
-        "recovered_runs": len(recovered),
-        "leader_after_s": round(leader_s, 3),
-        "first_settled_after_s": round(times[0], 3),
-        "all_settled_after_s": round(total_s, 3),
-        "drain_s": round(drain_s, 3),
-        "recovered_per_s": None if per_s is None else round(per_s, 1),
-        "recovered_per_s_drain": None if drain_per_s is None else round(drain_per_s, 1),
-        "raw_patch_per_s": raw_writes_per_s,
-        "ratio_to_raw_patch": ratio(per_s, raw_writes_per_s),
-        "ratio_to_raw_patch_drain": ratio(drain_per_s, raw_writes_per_s),
-        "status_patches": delta["status_patch"],
-        "writes_per_recovered_run": ratio(patches, len(recovered)),
-        "untouched_runs": len(untouched),
-        "untouched_runs_rewritten": len(rewritten),
-        "events_posted": delta["event_post"].get("total", 0),
-        "run_gets": delta["run_get"].get("total", 0),
-        "cpu_seconds": cpu,
-        "operator_cpu_ms_per_recovered_run": round(1000 * cpu["operator"] / len(recovered), 2),
-        "wall_to_settled_s": round(done - op.started_at, 3),
-        "series": {"settled_over_time": _series([(t, i + 1) for i, t in enumerate(times)])},
     }
 
 
