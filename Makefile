@@ -29,8 +29,8 @@ run: $(STAMP) tools
 	$(BIN)/tandem-operator run
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests hack
-	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/ruff check operator tests hack bench
+	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

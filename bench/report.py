@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.stats import Goal
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -238,7 +241,7 @@ def write_plots(results: Mapping[str, Any], directory: Path, *, stem: str) -> li
         return []
     written: list[str] = []
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = directory / f"{stem}-{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=90)

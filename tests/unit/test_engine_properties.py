@@ -43,6 +43,7 @@ from tandem_operator.lifecycle.engine import (
     QueueVerdict,
     decide,
 )
+from tandem_operator.lifecycle.timers import timer_due_ms
 
 T0 = 1_800_000_000_000
 EXAMPLES = int(os.environ.get("TANDEM_PROPERTY_EXAMPLES", "200"))
@@ -419,3 +420,54 @@ def test_deciding_twice_without_news_changes_nothing(
             break
     else:
         raise AssertionError("the lifecycle did not settle with the clock stopped")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), flow=flows(), cfg=run_settings())
+def test_a_tick_before_the_timer_is_due_changes_nothing(
+    data: st.DataObject, flow: AutomationSpec, cfg: Settings
+) -> None:
+    """The lifecycle tick skips runs ``timer_due_ms`` says no rule can act on yet: skipping
+    them must lose nothing, so deciding at any earlier moment is a no-op."""
+    spec = AutomationRunSpec.model_validate(
+        {"automation": flow.to_api(), "runtimeContext": {"tenant": "acme"}}
+    )
+    world = World(flow=flow, settings=cfg, spec=spec)
+    for _ in range(data.draw(st.integers(min_value=1, max_value=15), label="steps")):
+        step(world, data)
+    assert world.status is not None
+
+    def observe(now: int) -> Observation:
+        assert world.status is not None
+        return Observation(
+            now_ms=now,
+            settings=world.settings,
+            instance=world.instance,
+            live_instances=world.live,
+            generation=world.generation,
+            spec=world.spec,
+            status=world.status,
+            definition=world.flow,
+            admission="capacity",
+            in_flight=frozenset(world.running),
+            last_activity_ms=world.activity_ms,
+        )
+
+    for _ in range(6):  # settle with the clock stopped, as the reconciler would
+        d = decide(observe(world.now))
+        world.status = d.status
+        for attempt in d.start:
+            world.running[attempt.node_id] = attempt.attempt
+        if not d.changed:
+            break
+    due = timer_due_ms(
+        world.status.to_api(), stale_after_ms=world.settings.approval_gate_stale_after_ms
+    )
+    event(f"due: {'never' if due is None else 'always' if due == 0 else 'later'}")
+    if due == 0:
+        return  # ticked every interval: nothing is skipped
+    horizon = due if due is not None else world.now + 100 * 86_400_000
+    later = data.draw(st.integers(min_value=world.now, max_value=max(world.now, horizon - 1)))
+    d = decide(observe(later))
+    assert not d.changed, (world.status.phase, d.records)
+    assert not d.start

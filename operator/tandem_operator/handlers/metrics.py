@@ -55,8 +55,8 @@ process never collide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, get_args
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, get_args
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -69,7 +69,6 @@ from prometheus_client.registry import Collector
 
 from tandem_operator.api.models import ACTIVE_PHASES, Node, Phase
 from tandem_operator.lifecycle.engine import AttemptOutcome, Decision
-from tandem_operator.scheduling.admission import workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,19 @@ REAP_EVENTS = {
 }
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-RunsSource = Callable[[], Iterable[Mapping[str, Any]]]
+
+class RunFacts(Protocol):
+    """What the gauges read of a run (``handlers.cache.CachedRun`` has it)."""
+
+    @property
+    def phase(self) -> str | None: ...
+    @property
+    def queue_reason(self) -> str | None: ...
+    @property
+    def own_workspace(self) -> str | None: ...
+
+
+RunsSource = Callable[[], Iterable[RunFacts]]
 
 
 def executor_kind(node: Node | None, *, agent_endpoint: str | None = None) -> str:
@@ -116,8 +127,8 @@ def attempt_status(outcome: AttemptOutcome) -> str:
     return outcome.status if outcome.status in ATTEMPT_STATUSES else "failed"
 
 
-def run_gauges(runs: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
-    """The cache-derived gauges for ``runs`` (raw AutomationRun objects): pure, one pass.
+def run_gauges(runs: Iterable[RunFacts]) -> list[GaugeMetricFamily]:
+    """The cache-derived gauges for ``runs`` (what the cache knows of each): pure, one pass.
 
     Runs the operator has not written yet (no ``status.phase``) are in no phase. Every
     phase and queue reason is reported, zero included, so dashboards see stable series.
@@ -125,15 +136,14 @@ def run_gauges(runs: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
     phases = dict.fromkeys(PHASES, 0)
     queued = dict.fromkeys(QUEUE_REASONS, 0)
     locks: set[str] = set()
-    for body in runs:
-        status = body.get("status") or {}
-        phase = status.get("phase")
+    for run in runs:
+        phase = run.phase
         if phase in phases:
             phases[phase] += 1
         if phase == "Queued":
-            reason = (status.get("scheduler") or {}).get("queueReason") or "none"
+            reason = run.queue_reason or "none"
             queued[reason if reason in queued else "none"] += 1
-        if phase in ACTIVE_PHASES and (root := workspace_root(body)):
+        if phase in ACTIVE_PHASES and (root := run.own_workspace):
             locks.add(root)
     by_phase = GaugeMetricFamily(
         f"{PREFIX}runs", "AutomationRuns known to the operator, by phase", labels=["phase"]

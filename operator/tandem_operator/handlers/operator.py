@@ -3,10 +3,13 @@
 Every handler is a guard and one call. Watch events of the four kinds update the
 reconciler's caches; AutomationRun events ask for a reconcile of that run; Automation and
 AgentQuotaOverride events ask for a reconcile of the runs they may unblock (B7 reacts to
-an approved override at once). A lifecycle tick, one loop over the cached runs in the
-phases it serves, re-checks time-based rules (B4 stale gates, B5 stale reaping, B6
-auto-resume, gate expiry) every ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``; the deadlines
-themselves come from timestamps in status, so a restart neither resets nor repeats them.
+an approved override at once). A lifecycle tick, one loop over the cached runs, re-checks
+time-based rules (B4 stale gates, B5 stale reaping, B6 auto-resume, gate expiry) every
+``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS`` for the runs one of them may act on by then
+(``lifecycle.timers``: not terminal runs, runs a user paused, or gates far from their
+deadlines); the deadlines themselves come from timestamps in status, so a restart neither
+resets nor repeats them. A watch event that brings nothing newer than the cache (the echo
+of the operator's own write, kopf's listing after the leader's) asks for no reconcile.
 It is not a ``kopf.timer``: kopf guards timers with a finalizer on each object, which would
 need write access to the runs' spec and would block deleting runs while the operator is
 not installed. The operator never writes anything but ``status``.
@@ -35,11 +38,10 @@ from tandem_operator.handlers.kubeapi import KubeApi
 from tandem_operator.handlers.leader import Leadership, new_identity
 from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
 from tandem_operator.handlers.reconciler import Reconciler
+from tandem_operator.lifecycle.clock import wall_ms
 from tandem_operator.lifecycle.engine import Event
 
 log = logging.getLogger(__name__)
-
-TIMER_PHASES = frozenset({"Running", "Paused", "AwaitingApproval", "Queued"})
 
 
 def _emit(body: Mapping[str, Any], event: Event) -> None:
@@ -161,8 +163,11 @@ def build_registry(
         interval = float(settings.lifecycle_timer_interval_seconds)
         while True:
             await asyncio.sleep(interval)
-            for key, body in list(reconciler.caches.runs.items()):
-                if (body.get("status") or {}).get("phase") in TIMER_PHASES:
+            now = wall_ms()
+            for key, run in list(reconciler.caches.runs.items()):
+                # Only runs a time-based rule may act on now (lifecycle.timers): the others
+                # (terminal, paused by a user, gates far from their deadlines) cost nothing.
+                if run.timer_due_ms is not None and run.timer_due_ms <= now:
                     reconciler.kick(key)
 
     @kopf.on.login(registry=registry)
@@ -214,8 +219,8 @@ def build_registry(
         poster.remember()
         body = event.get("object") or {}
         deleted = event.get("type") == "DELETED"
-        reconciler.observe("runs", body, deleted=deleted)
-        if not deleted:
+        changed = reconciler.observe("runs", body, deleted=deleted)
+        if changed and not deleted:
             reconciler.kick((body["metadata"]["namespace"], body["metadata"]["name"]))
 
     @kopf.on.event(GROUP, "automations", registry=registry)
@@ -224,8 +229,7 @@ def build_registry(
             "automations", event.get("object") or {}, deleted=event.get("type") == "DELETED"
         )
         for key in reconciler.runs_in(namespace or ""):
-            status = reconciler.caches.runs[key].get("status") or {}
-            if status.get("phase") in (None, "Queued"):
+            if reconciler.caches.runs[key].phase in (None, "Queued"):
                 reconciler.kick(key)
 
     @kopf.on.event(GROUP, "agentendpoints", registry=registry)
@@ -240,8 +244,7 @@ def build_registry(
             "overrides", event.get("object") or {}, deleted=event.get("type") == "DELETED"
         )
         for key in reconciler.runs_in(namespace or ""):
-            status = reconciler.caches.runs[key].get("status") or {}
-            if status.get("phase") in ("Paused", "Running"):
+            if reconciler.caches.runs[key].phase in ("Paused", "Running"):
                 reconciler.kick(key)
 
     return registry, reconciler, leadership

@@ -42,6 +42,7 @@ from tandem_operator.execution.http import AgentEndpointExecutor
 from tandem_operator.execution.runner import AttemptRunner, RunKey
 from tandem_operator.execution.simulate import SimulateExecutor
 from tandem_operator.execution.types import AttemptRequest, Executor
+from tandem_operator.handlers.cache import CachedRun, object_key, resource_version, trimmed
 from tandem_operator.handlers.kubeapi import Conflict, Gone, KubeApi, merge_patch
 from tandem_operator.handlers.metrics import OperatorMetrics, executor_kind
 from tandem_operator.lifecycle.clock import format_ms, parse_ms, wall_ms
@@ -74,35 +75,20 @@ EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
 @dataclass
 class _Caches:
-    runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[RunKey, CachedRun] = field(default_factory=dict)
     automations: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     overrides: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
 
 
-def _rv(body: Mapping[str, Any]) -> int:
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
+@dataclass(frozen=True)
+class _Parsed:
+    """The models behind a status this operator has just written (see ``_reconcile_once``)."""
 
-
-def _cached(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A shallow copy of ``body`` for the caches, without ``metadata.managedFields``.
-
-    Nothing here reads server-side-apply bookkeeping, and it is a third of the memory of
-    a cached run (every status field the operator ever wrote is listed there again).
-    """
-    copy = dict(body)
-    meta = copy.get("metadata")
-    if isinstance(meta, Mapping) and "managedFields" in meta:
-        copy["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-    return copy
-
-
-def _key(body: Mapping[str, Any]) -> RunKey:
-    meta = body.get("metadata", {})
-    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+    resource_version: int
+    spec: AutomationRunSpec
+    status: AutomationRunStatus
+    definition: AutomationSpec | None
 
 
 class Reconciler:
@@ -135,25 +121,44 @@ class Reconciler:
         self._locks: dict[RunKey, asyncio.Lock] = {}
         self._admission = asyncio.Lock()
         self._pending: set[RunKey] = set()
+        self._parsed: dict[RunKey, _Parsed] = {}
         self._wakeups: dict[RunKey, asyncio.TimerHandle] = {}
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- caches fed by watch events -------------------------------------------------
 
-    def observe(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+    def observe(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Keep ``body`` if it is newer than what is cached; True when the cache moved on."""
+        key = object_key(body)
+        if kind == "runs":
+            return self._observe_run(key, body, deleted=deleted)
         store: dict[RunKey, dict[str, Any]] = getattr(self.caches, kind)
-        key = _key(body)
         if deleted:
-            store.pop(key, None)
-            if kind == "runs":
-                self.runner.forget(key)
-                self._locks.pop(key, None)
-                self.kick_admission()
-            return
+            return store.pop(key, None) is not None
         current = store.get(key)
-        if current is None or _rv(body) >= _rv(current):
-            store[key] = _cached(body)
+        if current is None or resource_version(body) > resource_version(current):
+            store[key] = trimmed(body)
+            return True
+        return False
+
+    def _observe_run(self, key: RunKey, body: Mapping[str, Any], *, deleted: bool) -> bool:
+        if deleted:
+            self.caches.runs.pop(key, None)
+            self.runner.forget(key)
+            self._locks.pop(key, None)
+            self._parsed.pop(key, None)
+            self.kick_admission()
+            return True
+        current = self.caches.runs.get(key)
+        if current is not None and resource_version(body) <= current.resource_version:
+            # The same version again (the watch echoing this operator's own write, kopf's
+            # initial listing after the leader's own) or an older one: nothing new to see.
+            return False
+        self.caches.runs[key] = CachedRun.of(
+            body, stale_after_ms=self.settings.approval_gate_stale_after_ms
+        )
+        return True
 
     def runs_in(self, namespace: str) -> list[RunKey]:
         return [k for k in self.caches.runs if k[0] == namespace]
@@ -187,10 +192,7 @@ class Reconciler:
 
     def kick_admission(self) -> None:
         """Capacity or a workspace was freed: reconcile the runs admission now lets in."""
-        if not any(
-            (body.get("status") or {}).get("phase") in (None, "Queued")
-            for body in self.caches.runs.values()
-        ):
+        if not any(run.phase in (None, "Queued") for run in self.caches.runs.values()):
             # Nothing waits: skip building a slot per run (restart recovery settles
             # thousands of runs, each of which lands here).
             return
@@ -221,74 +223,99 @@ class Reconciler:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for _ in range(MAX_CONFLICT_RETRIES):
-                body = self.caches.runs.get(key)
-                if body is None:
+                run = self.caches.runs.get(key)
+                if run is None:
                     return
                 try:
-                    if self._may_admit(body):
+                    if self._may_admit(run):
                         async with self._admission:
-                            await self._reconcile_once(key, body, kicked_at=kicked_at)
+                            await self._reconcile_once(key, run, kicked_at=kicked_at)
                     else:
-                        await self._reconcile_once(key, body, kicked_at=kicked_at)
+                        await self._reconcile_once(key, run, kicked_at=kicked_at)
                     return
                 except Conflict:
                     self.metrics.status_write_conflict()
                     try:
                         fresh = await self.api.get(plural=PLURAL, namespace=key[0], name=key[1])
                     except Gone:
-                        self.observe("runs", body, deleted=True)
+                        self.observe("runs", run.reference(), deleted=True)
                         return
                     self.observe("runs", fresh)
                 except Gone:
-                    self.observe("runs", body, deleted=True)
+                    self.observe("runs", run.reference(), deleted=True)
                     return
             log.warning("Gave up after repeated conflicts run=%s/%s", *key)
             self.kick(key)
 
     @staticmethod
-    def _may_admit(body: Mapping[str, Any]) -> bool:
-        status = body.get("status") or {}
-        return status.get("phase") in (None, "Queued", "Paused", "AwaitingApproval")
+    def _may_admit(run: CachedRun) -> bool:
+        return run.phase in (None, "Queued", "Paused", "AwaitingApproval")
 
-    async def _reconcile_once(
-        self, key: RunKey, body: dict[str, Any], *, kicked_at: float | None = None
-    ) -> None:
-        meta = body.get("metadata", {})
+    @staticmethod
+    def _parse(
+        body: Mapping[str, Any],
+    ) -> tuple[AutomationRunSpec | None, AutomationRunStatus | None, str | None]:
+        """Spec and status of ``body`` as models, or the problem that stops the reconcile."""
         raw_status = body.get("status") or None
         try:
             spec = AutomationRunSpec.model_validate(body.get("spec") or {})
         except pydantic.ValidationError as exc:
-            await self._report_invalid(key, body, [_first_error("spec", exc)])
-            return
+            return None, None, _first_error("spec", exc)
         has_phase = bool(raw_status and raw_status.get("phase"))
         if raw_status and not has_phase and set(raw_status) - {"conditions"}:
             # Starting the run from scratch would throw away (and redo) what status records.
-            await self._report_invalid(
-                key, body, ["status.phase: missing from a status that records a run"]
-            )
-            return
+            return spec, None, "status.phase: missing from a status that records a run"
         try:
             status = AutomationRunStatus.model_validate(raw_status) if has_phase else None
         except pydantic.ValidationError as exc:
-            await self._report_invalid(key, body, [_first_error("status", exc)])
-            return
-        definition, definition_error = self._definition(key, spec, status)
-        queued = status is None or status.phase == "Queued"
-        if definition is None and spec.automation_ref is not None and queued:
-            await self._refresh_automation(key[0], spec.automation_ref.name)
-            definition, definition_error = self._definition(key, spec, status)
-        if status is not None:
-            snapshot = status.automation_snapshot
-            problems = status_problems(
-                status,
-                flow=definition,
-                snapshot_error=flow_error(snapshot)
-                if snapshot is not None and definition is None
-                else None,
-            )
-            if problems:
-                await self._report_invalid(key, body, problems)
+            return spec, None, _first_error("status", exc)
+        return spec, status, None
+
+    async def _reconcile_once(
+        self, key: RunKey, run: CachedRun, *, kicked_at: float | None = None
+    ) -> None:
+        body = run.body()
+        meta = body.get("metadata", {})
+        raw_status = body.get("status") or None
+        spec: AutomationRunSpec
+        status: AutomationRunStatus | None
+        definition: AutomationSpec | None
+        parsed = self._parsed.pop(key, None)
+        if parsed is not None and parsed.resource_version == run.resource_version:
+            # This operator wrote this very status a moment ago, from a decision (so it is
+            # valid): decide again on those models instead of parsing and checking anew.
+            spec, status = parsed.spec, parsed.status
+            if parsed.definition is not None:
+                definition, definition_error = parsed.definition, None
+            else:
+                definition, definition_error = self._definition(key, spec, status)
+        else:
+            parsed_spec, status, problem = self._parse(body)
+            if parsed_spec is None or problem is not None:
+                await self._report_invalid(key, body, [problem or "spec: invalid"])
                 return
+            spec = parsed_spec
+            definition, definition_error = self._definition(key, spec, status)
+            if (
+                definition is None
+                and spec.automation_ref is not None
+                and (status is None or status.phase == "Queued")
+            ):
+                await self._refresh_automation(key[0], spec.automation_ref.name)
+                definition, definition_error = self._definition(key, spec, status)
+            if status is not None:
+                snapshot = status.automation_snapshot
+                problems = status_problems(
+                    status,
+                    flow=definition,
+                    snapshot_error=flow_error(snapshot)
+                    if snapshot is not None and definition is None
+                    else None,
+                )
+                if problems:
+                    await self._report_invalid(key, body, problems)
+                    return
+        queued = status is None or status.phase == "Queued"
         now = wall_ms()
         obs = Observation(
             now_ms=now,
@@ -301,11 +328,14 @@ class Reconciler:
             definition=definition,
             definition_error=definition_error,
             # The admission pass walks every cached run: pay for it only when the verdict
-            # can matter. A Queued run needs it now; any other run only if this decision
-            # re-queues it (then decide again with the verdict, which ``decide``, being
-            # pure, turns into the same decision as if the verdict had been there from the
-            # start). A lifecycle tick over thousands of parked runs stays O(runs).
-            admission=self._verdict(key) if queued else "capacity",
+            # can matter. A Queued run that is to run needs it now; any other run only if
+            # this decision re-queues it (then decide again with the verdict, which
+            # ``decide``, being pure, turns into the same decision as if the verdict had
+            # been there from the start). A lifecycle tick over thousands of parked runs
+            # stays O(runs).
+            admission=self._verdict(key)
+            if queued and spec.desired_state == "Running"
+            else "capacity",
             overrides=self._overrides(key[0], now),
             outcomes=self.runner.outcomes(key),
             in_flight=self.runner.in_flight(key),
@@ -313,11 +343,12 @@ class Reconciler:
             shutting_down=self.shutting_down,
         )
         decision = decide(obs)
-        if not queued and decision.status.phase == "Queued":
+        if decision.status.phase == "Queued" and not (queued and spec.desired_state == "Running"):
             verdict = self._verdict(key)
             if verdict != obs.admission:
                 obs = replace(obs, admission=verdict)
                 decision = decide(obs)
+        wrote = False
         if decision.changed:
             new_status = decision.status.to_api()
             patch = merge_patch(raw_status or {}, new_status)
@@ -331,11 +362,27 @@ class Reconciler:
                 )
                 self.observe("runs", stored)
                 body = stored
+                wrote = True
+                # The definition is reusable unless it came from the Automation cache.
+                own_flow = decision.status.automation_snapshot is not None or (
+                    spec.automation is not None
+                )
+                self._parsed[key] = _Parsed(
+                    resource_version=resource_version(stored),
+                    spec=spec,
+                    status=decision.status,
+                    definition=definition if own_flow else None,
+                )
                 self.metrics.decision_stored(
                     decision,
                     latency_seconds=None if kicked_at is None else time.monotonic() - kicked_at,
                 )
         await self._act(key, body, decision, definition, spec)
+        if wrote:
+            # Decide once more on what was stored, as the watch event of this write would
+            # ask for: some rules act on the result of others (a stale reap, then B6). The
+            # event itself is then recognised as nothing new (``observe``).
+            self.kick(key)
 
     async def _act(
         self,
@@ -445,29 +492,23 @@ class Reconciler:
     def _slots(self) -> list[RunSlot]:
         slots = []
         now = wall_ms()
-        for key, body in self.caches.runs.items():
-            status = body.get("status") or {}
-            spec = body.get("spec") or {}
-            phase = status.get("phase")
-            flow = status.get("automationSnapshot") or spec.get("automation")
-            referenced = None
-            if flow is None and spec.get("automationRef"):
-                ref = self.caches.automations.get((key[0], spec["automationRef"].get("name", "")))
-                flow = referenced = (ref or {}).get("spec")
-            workspace = workspace_root(body, referenced)
-            retry = parse_ms((status.get("scheduler") or {}).get("retryAfter"))
-            eligible = (
-                spec.get("desiredState", "Running") == "Running"
-                and flow is not None
-                and (retry is None or retry <= now)
-            )
+        automations = self.caches.automations
+        for key, run in self.caches.runs.items():
+            workspace, has_flow = run.own_workspace, run.has_flow
+            if not has_flow and run.automation_ref is not None:
+                referenced = (automations.get((key[0], run.automation_ref)) or {}).get("spec")
+                has_flow = referenced is not None
+                workspace = workspace_root({}, referenced)
+            retry = run.retry_after_ms
             slots.append(
                 RunSlot(
                     key=key,
-                    created=str(body.get("metadata", {}).get("creationTimestamp", "")),
-                    phase=phase,
+                    created=run.created,
+                    phase=run.phase,
                     workspace=workspace,
-                    eligible=eligible,
+                    eligible=run.desired_state == "Running"
+                    and has_flow
+                    and (retry is None or retry <= now),
                 )
             )
         return slots
@@ -480,8 +521,8 @@ class Reconciler:
         the same write instead of first showing a ``queueReason`` it does not have. These
         phases reconcile under the admission lock (``_may_admit``), so the verdict holds.
         """
-        body = self.caches.runs.get(key) or {}
-        if not self._may_admit(body):
+        run = self.caches.runs.get(key)
+        if run is None or not self._may_admit(run):
             return "capacity"
         slots = [
             replace(slot, phase="Queued") if slot.key == key else slot for slot in self._slots()

@@ -1,0 +1,131 @@
+"""What the operator keeps of each AutomationRun between events: compact and read-only.
+
+A run arrives from the watch (or a LIST, or a PATCH response) as parsed JSON, about 18 KB
+of Python objects for a run parked at a gate. The cache keeps instead the few facts that
+the lifecycle tick, admission and the metrics read of *every* run on every pass, plus the
+whole object as compact JSON bytes (about 3 KB), which only a reconcile of that one run
+parses again. ``metadata.managedFields`` and kubectl's last-applied annotation are dropped:
+nothing reads them, and they repeat the status and the spec.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tandem_operator.lifecycle.clock import parse_ms
+from tandem_operator.lifecycle.timers import timer_due_ms
+from tandem_operator.scheduling.admission import workspace_root
+
+RunKey = tuple[str, str]
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def resource_version(body: Mapping[str, Any]) -> int:
+    meta = body.get("metadata")
+    try:
+        return int(meta.get("resourceVersion", "0")) if isinstance(meta, Mapping) else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def object_key(body: Mapping[str, Any]) -> RunKey:
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ("", "")
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def trimmed(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` without the bookkeeping nothing here reads (a shallow copy)."""
+    copy = dict(body)
+    meta = copy.get("metadata")
+    if isinstance(meta, Mapping):
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        annotations = meta.get("annotations")
+        if isinstance(annotations, Mapping) and LAST_APPLIED in annotations:
+            meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        copy["metadata"] = meta
+    return copy
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachedRun:
+    key: RunKey
+    resource_version: int
+    generation: int
+    created: str
+    """metadata.creationTimestamp (admission order)."""
+    phase: str | None
+    desired_state: str
+    queue_reason: str | None
+    retry_after_ms: int | None
+    """status.scheduler.retryAfter"""
+    own_workspace: str | None
+    """workspace.root of the snapshot or the inline automation."""
+    has_flow: bool
+    """A snapshot or an inline automation; otherwise the flow is ``automation_ref``'s."""
+    automation_ref: str | None
+    timer_due_ms: int | None
+    """See ``lifecycle.timers``: from when the lifecycle tick may matter."""
+    uid: str
+    api_version: str
+    kind: str
+    raw: bytes
+    """The whole (trimmed) object, compact JSON."""
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], *, stale_after_ms: int) -> CachedRun:
+        body = trimmed(body)
+        meta = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+        assert isinstance(meta, Mapping)
+        spec = body.get("spec") if isinstance(body.get("spec"), Mapping) else {}
+        assert isinstance(spec, Mapping)
+        status = body.get("status")
+        status_map: Mapping[str, Any] = status if isinstance(status, Mapping) else {}
+        scheduler = status_map.get("scheduler")
+        scheduler_map: Mapping[str, Any] = scheduler if isinstance(scheduler, Mapping) else {}
+        ref = spec.get("automationRef")
+        try:
+            generation = int(meta.get("generation") or 0)
+        except (TypeError, ValueError):
+            generation = 0
+        retry = scheduler_map.get("retryAfter")
+        return cls(
+            key=object_key(body),
+            resource_version=resource_version(body),
+            generation=generation,
+            created=str(meta.get("creationTimestamp", "")),
+            phase=_text(status_map.get("phase")),
+            desired_state=str(spec.get("desiredState") or "Running"),
+            queue_reason=_text(scheduler_map.get("queueReason")),
+            retry_after_ms=parse_ms(retry) if isinstance(retry, str) else None,
+            own_workspace=workspace_root(body),
+            has_flow=bool(status_map.get("automationSnapshot") or spec.get("automation")),
+            automation_ref=_text(ref.get("name")) if isinstance(ref, Mapping) else None,
+            timer_due_ms=timer_due_ms(status, stale_after_ms=stale_after_ms),
+            uid=str(meta.get("uid", "")),
+            api_version=str(body.get("apiVersion", "")),
+            kind=str(body.get("kind", "")),
+            raw=json.dumps(body, separators=(",", ":")).encode(),
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The object as the API server last sent it (a fresh copy to read or change)."""
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
+
+    def reference(self) -> dict[str, Any]:
+        """Just enough of the object to post an Event about it."""
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": {"namespace": self.key[0], "name": self.key[1], "uid": self.uid},
+        }
