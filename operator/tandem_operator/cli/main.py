@@ -13,8 +13,8 @@ Subcommands:
 - ``crds print``: the generated CRDs as YAML.
 
 This is the edge of the package: it may import every layer below it. Its client is
-pykube-ng (thin, synchronous, fine for a CLI); the operator's own writes go through the
-official client in ``handlers.kubeapi``.
+pykube-ng (thin, synchronous, fine for a CLI); the operator's own status writes go over
+aiohttp in ``handlers.kubeapi``, configured by the official client.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The operator's writes and point reads, through the official ``kubernetes`` client.
+"""The operator's writes and point reads of the Kubernetes API.
 
 kopf watches (it lists and streams every resource the operator reacts to). Everything the
 operator *writes* goes through this module: one JSON merge patch of ``status`` per
@@ -6,19 +6,44 @@ decision, carrying ``metadata.resourceVersion`` so that the API server refuses i
 when the object changed since it was read — the operator then re-reads and decides again
 instead of overwriting a newer checkpoint. Leases and Secret reads live here too.
 
-The ``kubernetes`` client is synchronous; calls run in a small thread pool so the event
-loop stays free. ``pykube-ng`` is the client of the command-line tools (see
-``tandem_operator.cli``), which apply manifests and read runs for people.
+Two clients, one configuration:
+
+- The hot path — ``patch_status`` and ``get`` of the operator's custom objects, thousands
+  of calls when many runs move at once, and ``list_pages``, the paged listing a new leader
+  makes before acting — is plain HTTP over one ``aiohttp`` session on the event loop: the body is serialised once with ``json.dumps`` and the answer parsed once.
+  At most ``workers`` (8) requests are in flight; every request has a total timeout, so an
+  unreachable API server raises (the reconciler retries) instead of hanging.
+- The official ``kubernetes`` client stays the source of configuration and credentials
+  (in-cluster ServiceAccount or kubeconfig: server, CA, client certificate, bearer token)
+  and makes the rare calls: Secret reads and Leases. It is synchronous; those calls
+  run in a small thread pool so the event loop stays free. Its per-call overhead (model
+  serialisation, urllib3, the hand-off to a thread) is why the hot path does not use it.
+
+The bearer token is read from the configuration for every request, through the
+configuration's refresh hook, so a rotated ServiceAccount token is picked up as it is by
+the official client.
+
+Errors are the same on both paths: 409 raises :class:`Conflict`, 404 :class:`Gone`, any
+other refusal :class:`ApiError` with the status and the API server's message. Network
+errors and timeouts raise as the client raised them (on the hot path
+``aiohttp.ClientError`` or ``TimeoutError``).
+
+``pykube-ng`` is the client of the command-line tools (see ``tandem_operator.cli``), which
+apply manifests and read runs for people.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import aiohttp
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
@@ -31,13 +56,65 @@ _KINDS = {
     "agentquotaoverrides": "AgentQuotaOverride",
 }
 
+LIST_PAGE_SIZE = 100
+"""Objects per page of a listing (``limit``/``continue``)."""
 
-class Conflict(Exception):
+REQUEST_TIMEOUT_SECONDS = 30.0
+"""Upper bound of one request to the API server, from connecting to the last byte read."""
+
+_USER_AGENT = "tandem-operator"
+
+
+class ApiError(Exception):
+    """The API server refused a request; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.reason = reason
+        head = f"{status} {reason}".strip()
+        super().__init__(f"{head}: {message}" if message else head)
+
+
+class Conflict(ApiError):
     """The object changed since it was read (HTTP 409)."""
 
 
-class Gone(Exception):
+class Gone(ApiError):
     """The object no longer exists (HTTP 404)."""
+
+
+def _api_error(status: int, message: str, reason: str = "") -> ApiError:
+    if status == 409:
+        return Conflict(status, message, reason=reason or "Conflict")
+    if status == 404:
+        return Gone(status, message, reason=reason or "NotFound")
+    return ApiError(status, message, reason=reason)
+
+
+def _status_message(body: bytes | str | None) -> tuple[str, str]:
+    """``(message, reason)`` of an API server error body (a ``Status`` object, usually)."""
+    if not body:
+        return "", ""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return text.strip()[:500], ""
+    if not isinstance(status, dict):
+        return text.strip()[:500], ""
+    return str(status.get("message") or ""), str(status.get("reason") or "")
+
+
+def _segment(value: str, what: str) -> str:
+    """One path segment, percent-encoded.
+
+    The API server decodes the path before routing, so quoting alone would let ``a/status``
+    reach the status of ``a``: as the API server itself, refuse what is never a name.
+    """
+    if value in ("", ".", "..") or "/" in value or "%" in value:
+        raise ValueError(f"invalid {what}: {value!r}")
+    return quote(value, safe="")
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -60,32 +137,147 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
+def ssl_context(configuration: Any) -> ssl.SSLContext:
+    """The TLS settings of a ``kubernetes.client.Configuration`` as an ``SSLContext``."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    if configuration.ca_cert_data:
+        context.load_verify_locations(cadata=configuration.ca_cert_data)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif configuration.assert_hostname is False:
+        context.check_hostname = False
+    return context
+
+
 class KubeApi:
-    def __init__(self, api_client: Any | None = None, *, workers: int = 8) -> None:
+    """Calls to the API server with one configuration (loaded from the environment if none).
+
+    ``configuration`` is a ``kubernetes.client.Configuration``; without it (and without
+    ``api_client``) the in-cluster ServiceAccount is used, else ``$KUBECONFIG``.
+    """
+
+    def __init__(
+        self,
+        api_client: Any | None = None,
+        *,
+        configuration: Any | None = None,
+        workers: int = 8,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
         if api_client is None:
-            try:
-                kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-            configuration = kubernetes.client.Configuration.get_default_copy()
-            configuration.connection_pool_maxsize = workers * 2
+            if configuration is None:
+                try:
+                    kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+                except kubernetes.config.ConfigException:
+                    kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+                configuration = kubernetes.client.Configuration.get_default_copy()
+                configuration.connection_pool_maxsize = workers * 2
             api_client = kubernetes.client.ApiClient(configuration)
         self._client = api_client
+        self._configuration: Any = api_client.configuration
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._coordination = kubernetes.client.CoordinationV1Api(api_client)
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kubeapi")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._base = str(self._configuration.host).rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    # -- the hot path: aiohttp on the event loop ---------------------------------------
+
+    def _http(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        """The session of the running loop, created on first use."""
+        if self._closed:
+            raise RuntimeError("KubeApi is closed")
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(str(exc.reason)) from exc
-            if exc.status == 404:
-                raise Gone(str(exc.reason)) from exc
-            raise
+        if self._session is not None and self._session_loop is not loop:
+            if self._session_loop is not None and not self._session_loop.is_closed():
+                raise RuntimeError("KubeApi is in use on another event loop")
+            # Its loop is gone and took the connections with it.
+            self._session.detach()
+            self._session = None
+        if self._session is None or self._in_flight is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._workers, ssl=ssl_context(self._configuration)
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+            )
+            self._session_loop = loop
+            self._in_flight = asyncio.Semaphore(self._workers)
+        return self._session, self._in_flight
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        # Evaluated per request: this runs the configuration's refresh hook, which re-reads
+        # a rotated ServiceAccount token (in-cluster) or an expired kubeconfig credential.
+        # Both loaders store the token under "BearerToken", with its "Bearer " prefix.
+        token = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            headers["Authorization"] = str(token)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        session, in_flight = self._http()
+        url = self._base + path
+        proxy = self._configuration.proxy or None
+        server_hostname = self._configuration.tls_server_name or None
+        async with in_flight:
+            # The timeout starts once a slot is free: it bounds the API server, not the queue.
+            for attempt in (1, 2):
+                try:
+                    async with session.request(
+                        method,
+                        url,
+                        data=body,
+                        headers=self._headers(content_type),
+                        proxy=proxy,
+                        server_hostname=server_hostname,
+                        allow_redirects=False,
+                    ) as resp:
+                        payload = await resp.read()
+                        status = resp.status
+                        reason = resp.reason or ""
+                    break
+                except aiohttp.ClientConnectorError:
+                    raise
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    # A kept-alive connection the server had closed. Retrying once is safe:
+                    # a merge patch is idempotent, and if the first one was applied the
+                    # resourceVersion precondition turns the repeat into a 409.
+                    if attempt == 2:
+                        raise
+        if 200 <= status < 300:
+            result: dict[str, Any] = json.loads(payload)
+            return result
+        message, status_reason = _status_message(payload)
+        raise _api_error(status, message, status_reason or reason)
+
+    @staticmethod
+    def _object_path(plural: str, namespace: str, name: str) -> str:
+        return (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{_segment(namespace, 'namespace')}"
+            f"/{_segment(plural, 'resource')}/{_segment(name, 'name')}"
+        )
 
     async def patch_status(
         self,
@@ -96,42 +288,59 @@ class KubeApi:
         resource_version: str,
         status_patch: Mapping[str, Any],
     ) -> dict[str, Any]:
+        """Merge-patch ``status``, refused (:class:`Conflict`) unless at ``resource_version``."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status_patch)}
-        result: dict[str, Any] = await self._call(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            body,
-            _content_type="application/merge-patch+json",
+        return await self._request(
+            "PATCH",
+            self._object_path(plural, namespace, name) + "/status",
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            content_type="application/merge-patch+json",
         )
-        return result
 
     async def get(self, *, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(
-            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-        )
-        return result
+        return await self._request("GET", self._object_path(plural, namespace, name))
 
-    async def list(self, *, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        """Every object of a kind, in one namespace or all of them."""
-        if namespace is None:
-            result = await self._call(
-                self._custom.list_cluster_custom_object, GROUP, VERSION, plural
-            )
-        else:
-            result = await self._call(
-                self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
-            )
-        items: list[dict[str, Any]] = []
-        for item in result.get("items") or []:
-            # List items carry no kind; the caches and Events expect full objects.
-            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-            item.setdefault("kind", _KINDS.get(plural, ""))
-            items.append(item)
-        return items
+    # -- the rare calls: the official client in a thread pool ---------------------------
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except ApiException as exc:
+            message, reason = _status_message(exc.body)
+            raise _api_error(
+                int(exc.status or 0), message or str(exc.reason or ""), reason or exc.reason or ""
+            ) from exc
+
+    async def list_pages(
+        self, *, plural: str, namespace: str | None, limit: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every object of a kind, in one namespace or all of them, ``limit`` at a time.
+
+        Pages keep the memory of a listing bounded: a caller that keeps only what it needs
+        of each object never holds more than one page of whole objects.
+        """
+        base = f"/apis/{GROUP}/{VERSION}/"
+        if namespace is not None:
+            base += f"namespaces/{_segment(namespace, 'namespace')}/"
+        base += _segment(plural, "resource")
+        token = ""
+        while True:
+            query = {"limit": str(limit)}
+            if token:
+                query["continue"] = token
+            page = await self._request("GET", f"{base}?{urlencode(query)}")
+            items: list[dict[str, Any]] = []
+            for item in page.get("items") or []:
+                # List items carry no kind; the caches and Events expect full objects.
+                item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+                item.setdefault("kind", _KINDS.get(plural, ""))
+                items.append(item)
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            del page
+            yield items
+            if not token:
+                return
 
     async def read_secret_key(self, *, namespace: str, name: str, key: str) -> str | None:
         secret = await self._call(self._core.read_namespaced_secret, name, namespace)
@@ -152,6 +361,31 @@ class KubeApi:
     async def replace_lease(self, *, namespace: str, name: str, body: Any) -> Any:
         return await self._call(self._coordination.replace_namespaced_lease, name, namespace, body)
 
+    # -- closing ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the HTTP session, the thread pool and the official client."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+        self.close()
+
     def close(self) -> None:
+        """Close the thread pool and the official client, and the HTTP session if possible.
+
+        From a coroutine prefer :meth:`aclose`, which waits until the connections are
+        closed; here, on the session's running loop, closing is only scheduled.
+        """
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+        session, self._session = self._session, None
+        loop, self._session_loop = self._session_loop, None
+        if session is None or session.closed or loop is None or loop.is_closed():
+            return
+        if loop.is_running():
+            task = loop.create_task(session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        else:
+            loop.run_until_complete(session.close())

@@ -34,7 +34,7 @@ import kopf
 from tandem_operator.api.models import GROUP
 from tandem_operator.api.settings import Settings
 from tandem_operator.handlers import webhook
-from tandem_operator.handlers.kubeapi import KubeApi
+from tandem_operator.handlers.kubeapi import LIST_PAGE_SIZE, KubeApi
 from tandem_operator.handlers.leader import Leadership, new_identity
 from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
 from tandem_operator.handlers.reconciler import Reconciler
@@ -183,6 +183,9 @@ def build_registry(
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
+        # Listed in pages, like the leader's own listing: a whole namespace of runs parsed
+        # at once would stay in the allocator's arenas long after it is freed.
+        settings.watching.chunk_size = LIST_PAGE_SIZE
         settings.batching.worker_limit = 64
         # A per-object worker lingers this long after its last event, holding one of the
         # 64 slots: with kopf's default of 5 s, a fresh operator (or a burst of new runs)
@@ -210,7 +213,7 @@ def build_registry(
         for task in background:
             task.cancel()
         await leadership.release()
-        api.close()
+        await api.aclose()
 
     @kopf.on.event(GROUP, "automationruns", registry=registry)
     async def run_event(event: Mapping[str, Any], **_: Any) -> None:

@@ -707,8 +707,9 @@ class Reconciler:
                 for kind, plural in _CACHED_KINDS:
                     scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
                     for namespace in scopes:
-                        for item in await self.api.list(plural=plural, namespace=namespace):
-                            self.observe(kind, item)
+                        async for page in self.api.list_pages(plural=plural, namespace=namespace):
+                            for item in page:
+                                self.observe(kind, item)
             except Exception as exc:
                 log.warning("Listing before acting failed, retrying error=%s", exc)
                 await asyncio.sleep(2)
