@@ -35,7 +35,6 @@ from typing import Any
 
 import pykube
 
-from tandem_operator.api.crdgen import all_crds, render
 from tandem_operator.api.settings import Settings, SettingsError
 from tandem_operator.cli.cluster import add_cluster_parsers, cluster_down, cluster_up
 
@@ -54,6 +53,8 @@ def _client(kubeconfig: Path | None) -> pykube.HTTPClient:
 
 def install_crds(kubeconfig: Path | None, *, timeout: float = 60) -> list[str]:
     """Server-side apply every CRD and wait until the API server serves them."""
+    from tandem_operator.api.crdgen import all_crds  # the operator itself never needs it
+
     api = _client(kubeconfig)
     names = []
     for manifest in all_crds():
@@ -100,6 +101,8 @@ def _cmd_crds_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_crds_print(args: argparse.Namespace) -> int:
+    from tandem_operator.api.crdgen import all_crds, render
+
     print("---\n".join(render(m) for m in all_crds()), end="")
     return 0
 

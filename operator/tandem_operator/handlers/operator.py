@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -104,6 +104,28 @@ class _EventPoster:
             )
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base, for an operator with event handlers only: nothing to keep.
+
+    kopf computes every object's "essence" (a deep copy of the whole body, status
+    included, then trimmed) on every watch event, to diff it for change handlers. This
+    operator registers none (its handlers see every event and the run's status is its only
+    state), so the essence is never read: building an empty one saves a deep copy of each
+    run per event, and nothing is stored on the objects.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class WebhookOptions:
     """Where the admission webhook listens and which host the API server calls."""
@@ -177,9 +199,7 @@ def build_registry(
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300

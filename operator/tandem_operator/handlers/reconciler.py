@@ -66,6 +66,7 @@ _CACHED_KINDS = (
     ("overrides", "agentquotaoverrides"),
     ("runs", "automationruns"),
 )
+_ADMISSION_PHASES = frozenset({None, "Queued", *ACTIVE_PHASES})
 MAX_CONFLICT_RETRIES = 5
 RETRY_AFTER_FAILURE_MS = 2000
 """A reconcile that failed (not a 409: an API error, the API server down) is retried after this."""
@@ -86,6 +87,8 @@ class _Parsed:
     """The models behind a status this operator has just written (see ``_reconcile_once``)."""
 
     resource_version: int
+    body: dict[str, Any]
+    """The object as the API server answered the write."""
     spec: AutomationRunSpec
     status: AutomationRunStatus
     definition: AutomationSpec | None
@@ -274,16 +277,19 @@ class Reconciler:
     async def _reconcile_once(
         self, key: RunKey, run: CachedRun, *, kicked_at: float | None = None
     ) -> None:
-        body = run.body()
-        meta = body.get("metadata", {})
-        raw_status = body.get("status") or None
         spec: AutomationRunSpec
         status: AutomationRunStatus | None
         definition: AutomationSpec | None
-        parsed = self._parsed.pop(key, None)
-        if parsed is not None and parsed.resource_version == run.resource_version:
-            # This operator wrote this very status a moment ago, from a decision (so it is
-            # valid): decide again on those models instead of parsing and checking anew.
+        parsed = self._parsed.get(key)
+        if parsed is not None and parsed.resource_version != run.resource_version:
+            parsed = None
+            del self._parsed[key]
+        body = parsed.body if parsed is not None else run.body()
+        meta = body.get("metadata", {})
+        raw_status = body.get("status") or None
+        if parsed is not None:
+            # This operator wrote this very version, from a decision (so it is valid):
+            # decide again on those models instead of parsing and checking anew.
             spec, status = parsed.spec, parsed.status
             if parsed.definition is not None:
                 definition, definition_error = parsed.definition, None
@@ -369,6 +375,7 @@ class Reconciler:
                 )
                 self._parsed[key] = _Parsed(
                     resource_version=resource_version(stored),
+                    body=stored,
                     spec=spec,
                     status=decision.status,
                     definition=definition if own_flow else None,
@@ -377,6 +384,10 @@ class Reconciler:
                     decision,
                     latency_seconds=None if kicked_at is None else time.monotonic() - kicked_at,
                 )
+        if not wrote and parsed is not None and decision.status.phase not in ACTIVE_PHASES:
+            # Kept while the run is Running or Pausing (outcomes arrive, and there are at
+            # most as many such runs as capacity allows); a parked run keeps none.
+            self._parsed.pop(key, None)
         await self._act(key, body, decision, definition, spec)
         if wrote:
             # Decide once more on what was stored, as the watch event of this write would
@@ -489,11 +500,18 @@ class Reconciler:
             return
         self.observe("automations", found)
 
-    def _slots(self) -> list[RunSlot]:
+    def _slots(self, *, also: RunKey | None = None) -> list[RunSlot]:
+        """What admission needs of the runs that take part in it (and of ``also``).
+
+        Only Running and Pausing runs hold capacity and workspaces, and only new and
+        Queued runs wait: parked and finished runs cannot change a verdict.
+        """
         slots = []
         now = wall_ms()
         automations = self.caches.automations
         for key, run in self.caches.runs.items():
+            if run.phase not in _ADMISSION_PHASES and key != also:
+                continue
             workspace, has_flow = run.own_workspace, run.has_flow
             if not has_flow and run.automation_ref is not None:
                 referenced = (automations.get((key[0], run.automation_ref)) or {}).get("spec")
@@ -525,7 +543,8 @@ class Reconciler:
         if run is None or not self._may_admit(run):
             return "capacity"
         slots = [
-            replace(slot, phase="Queued") if slot.key == key else slot for slot in self._slots()
+            replace(slot, phase="Queued") if slot.key == key else slot
+            for slot in self._slots(also=key)
         ]
         verdicts = admission_pass(slots, capacity=self.settings.scheduler_max_concurrent_runs)
         return verdicts.get(key, "capacity")
@@ -692,6 +711,7 @@ class Reconciler:
             task.add_done_callback(self._tasks.discard)
         else:
             self.primed = False
+            self._parsed.clear()
             for key in list(self.caches.runs):
                 self.runner.cancel(key)
 
