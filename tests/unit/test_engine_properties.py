@@ -381,12 +381,7 @@ def test_lifecycle_invariants_hold_over_random_histories(
         step(world, data)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), flow=flows(), cfg=run_settings())
-def test_deciding_twice_without_news_changes_nothing(
-    data: st.DataObject, flow: AutomationSpec, cfg: Settings
-) -> None:
-    """Level-based: a decision applied and observed again, with nothing new, is a no-op."""
+def _random_history(data: st.DataObject, flow: AutomationSpec, cfg: Settings) -> World:
     spec = AutomationRunSpec.model_validate(
         {"automation": flow.to_api(), "runtimeContext": {"tenant": "acme"}}
     )
@@ -394,32 +389,49 @@ def test_deciding_twice_without_news_changes_nothing(
     for _ in range(data.draw(st.integers(min_value=1, max_value=15), label="steps")):
         step(world, data)
     assert world.status is not None
-    # Settle: decide until nothing changes (a decision may enable another, e.g. approve then
-    # admit); it must converge within a few rounds when time stands still.
+    return world
+
+
+def _without_news(world: World, now: int) -> Observation:
+    """What the reconciler sees of the world at ``now`` when nothing new has happened."""
+    assert world.status is not None
+    return Observation(
+        now_ms=now,
+        settings=world.settings,
+        instance=world.instance,
+        live_instances=world.live,
+        generation=world.generation,
+        spec=world.spec,
+        status=world.status,
+        definition=world.flow,
+        admission="capacity",
+        in_flight=frozenset(world.running),
+        last_activity_ms=world.activity_ms,
+    )
+
+
+def _settle(world: World) -> None:
+    """Decide until nothing changes with the clock stopped (a decision may enable another,
+    e.g. approve then admit); it must converge within a few rounds."""
     for _ in range(6):
-        obs = Observation(
-            now_ms=world.now,
-            settings=world.settings,
-            instance=world.instance,
-            live_instances=world.live,
-            generation=world.generation,
-            spec=world.spec,
-            status=world.status,
-            definition=world.flow,
-            admission="capacity",
-            in_flight=frozenset(world.running),
-            last_activity_ms=world.activity_ms,
-        )
-        d = decide(obs)
+        d = decide(_without_news(world, world.now))
         world.status = d.status
         for attempt in d.start:
             world.running[attempt.node_id] = attempt.attempt
         if not d.changed:
             assert not d.records
             assert not d.start
-            break
-    else:
-        raise AssertionError("the lifecycle did not settle with the clock stopped")
+            return
+    raise AssertionError("the lifecycle did not settle with the clock stopped")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), flow=flows(), cfg=run_settings())
+def test_deciding_twice_without_news_changes_nothing(
+    data: st.DataObject, flow: AutomationSpec, cfg: Settings
+) -> None:
+    """Level-based: a decision applied and observed again, with nothing new, is a no-op."""
+    _settle(_random_history(data, flow, cfg))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -429,37 +441,9 @@ def test_a_tick_before_the_timer_is_due_changes_nothing(
 ) -> None:
     """The lifecycle tick skips runs ``timer_due_ms`` says no rule can act on yet: skipping
     them must lose nothing, so deciding at any earlier moment is a no-op."""
-    spec = AutomationRunSpec.model_validate(
-        {"automation": flow.to_api(), "runtimeContext": {"tenant": "acme"}}
-    )
-    world = World(flow=flow, settings=cfg, spec=spec)
-    for _ in range(data.draw(st.integers(min_value=1, max_value=15), label="steps")):
-        step(world, data)
+    world = _random_history(data, flow, cfg)
+    _settle(world)  # as the reconciler does after every write
     assert world.status is not None
-
-    def observe(now: int) -> Observation:
-        assert world.status is not None
-        return Observation(
-            now_ms=now,
-            settings=world.settings,
-            instance=world.instance,
-            live_instances=world.live,
-            generation=world.generation,
-            spec=world.spec,
-            status=world.status,
-            definition=world.flow,
-            admission="capacity",
-            in_flight=frozenset(world.running),
-            last_activity_ms=world.activity_ms,
-        )
-
-    for _ in range(6):  # settle with the clock stopped, as the reconciler would
-        d = decide(observe(world.now))
-        world.status = d.status
-        for attempt in d.start:
-            world.running[attempt.node_id] = attempt.attempt
-        if not d.changed:
-            break
     due = timer_due_ms(
         world.status.to_api(), stale_after_ms=world.settings.approval_gate_stale_after_ms
     )
@@ -468,6 +452,6 @@ def test_a_tick_before_the_timer_is_due_changes_nothing(
         return  # ticked every interval: nothing is skipped
     horizon = due if due is not None else world.now + 100 * 86_400_000
     later = data.draw(st.integers(min_value=world.now, max_value=max(world.now, horizon - 1)))
-    d = decide(observe(later))
+    d = decide(_without_news(world, later))
     assert not d.changed, (world.status.phase, d.records)
     assert not d.start

@@ -67,6 +67,9 @@ _CACHED_KINDS = (
     ("runs", "automationruns"),
 )
 _ADMISSION_PHASES = frozenset({None, "Queued", *ACTIVE_PHASES})
+_PARSED_PHASES = frozenset({"Queued", *ACTIVE_PHASES})
+MAX_PARSED = 512
+"""At most this many runs keep the models of the version this operator last wrote."""
 MAX_CONFLICT_RETRIES = 5
 RETRY_AFTER_FAILURE_MS = 2000
 """A reconcile that failed (not a 409: an API error, the API server down) is retried after this."""
@@ -373,20 +376,22 @@ class Reconciler:
                 own_flow = decision.status.automation_snapshot is not None or (
                     spec.automation is not None
                 )
-                self._parsed[key] = _Parsed(
-                    resource_version=resource_version(stored),
-                    body=stored,
-                    spec=spec,
-                    status=decision.status,
-                    definition=definition if own_flow else None,
-                )
+                if key in self._parsed or len(self._parsed) < MAX_PARSED:
+                    self._parsed[key] = _Parsed(
+                        resource_version=resource_version(stored),
+                        body=stored,
+                        spec=spec,
+                        status=decision.status,
+                        definition=definition if own_flow else None,
+                    )
                 self.metrics.decision_stored(
                     decision,
                     latency_seconds=None if kicked_at is None else time.monotonic() - kicked_at,
                 )
-        if not wrote and parsed is not None and decision.status.phase not in ACTIVE_PHASES:
-            # Kept while the run is Running or Pausing (outcomes arrive, and there are at
-            # most as many such runs as capacity allows); a parked run keeps none.
+        if not wrote and parsed is not None and decision.status.phase not in _PARSED_PHASES:
+            # Kept while the run waits for admission or runs (admission and outcomes will
+            # reconcile it again at this version); a parked or finished run keeps none:
+            # only a new version (a spec change) moves it.
             self._parsed.pop(key, None)
         await self._act(key, body, decision, definition, spec)
         if wrote:
