@@ -49,6 +49,26 @@ def with_api(config: Any, body: Callable[[KubeApi], Awaitable[T]], **options: An
     return asyncio.run(main())
 
 
+async def refusals(
+    api: KubeApi, namespace: str, name: str, expected: type[ApiError]
+) -> list[ApiError]:
+    """The errors of a get and of a status patch of ``name``, both expected to fail."""
+    errors: list[ApiError] = []
+    with pytest.raises(expected) as caught:
+        await api.get(plural=PLURAL, namespace=namespace, name=name)
+    errors.append(caught.value)
+    with pytest.raises(expected) as caught:
+        await api.patch_status(
+            plural=PLURAL,
+            namespace=namespace,
+            name=name,
+            resource_version="1",
+            status_patch={"phase": "Running"},
+        )
+    errors.append(caught.value)
+    return errors
+
+
 def create_run(cluster: Cluster, name: str) -> dict[str, Any]:
     cluster.apply(simulated_run(name, [sim("a")]))
     return cluster.run(name)
@@ -193,20 +213,8 @@ def test_stale_resource_version_is_a_conflict(cluster: Cluster) -> None:
 def test_missing_object_is_gone_for_get_and_patch(cluster: Cluster) -> None:
     create_run(cluster, "present")
 
-    async def body(api: KubeApi) -> list[Gone]:
-        gone: list[Gone] = []
-        with pytest.raises(Gone) as caught:
-            await api.get(plural=PLURAL, namespace=cluster.namespace, name="absent")
-        gone.append(caught.value)
-        with pytest.raises(Gone) as caught:
-            await api.patch_status(
-                plural=PLURAL,
-                namespace=cluster.namespace,
-                name="absent",
-                resource_version="1",
-                status_patch={"phase": "Running"},
-            )
-        gone.append(caught.value)
+    async def body(api: KubeApi) -> list[ApiError]:
+        gone = await refusals(api, cluster.namespace, "absent", Gone)
         # A name is one path segment, never a query or a path to something else.
         with pytest.raises(Gone) as caught:
             await api.get(plural=PLURAL, namespace=cluster.namespace, name="present?watch=1")
@@ -298,19 +306,7 @@ def test_service_account_token_works_only_where_its_role_allows(
             resource_version=read["metadata"]["resourceVersion"],
             status_patch={"phase": "Running"},
         )
-        refused: list[ApiError] = []
-        with pytest.raises(ApiError) as caught:
-            await api.get(plural=PLURAL, namespace=other.namespace, name="guarded")
-        refused.append(caught.value)
-        with pytest.raises(ApiError) as caught:
-            await api.patch_status(
-                plural=PLURAL,
-                namespace=other.namespace,
-                name="guarded",
-                resource_version="1",
-                status_patch={"phase": "Running"},
-            )
-        refused.append(caught.value)
+        refused = await refusals(api, other.namespace, "guarded", ApiError)
         return read, stored, refused
 
     read, stored, refused = with_api(config, body)

@@ -334,20 +334,11 @@ def step(world: World, data: st.DataObject) -> None:
         if data.draw(st.integers(0, 5), label="override") == 0
         else []
     )
-    obs = Observation(
-        now_ms=world.now,
-        settings=world.settings,
-        instance=world.instance,
-        live_instances=world.live,
-        generation=world.generation,
-        spec=world.spec,
-        status=world.status,
-        definition=world.flow,
+    obs = dataclasses.replace(
+        _without_news(world, world.now),
         admission=verdict,
         overrides=overrides,
         outcomes=tuple(outcomes),
-        in_flight=frozenset(world.running),
-        last_activity_ms=world.activity_ms,
         shutting_down=shutting_down,
     )
     before = world.status.model_dump() if world.status is not None else None
@@ -394,7 +385,6 @@ def _random_history(data: st.DataObject, flow: AutomationSpec, cfg: Settings) ->
 
 def _without_news(world: World, now: int) -> Observation:
     """What the reconciler sees of the world at ``now`` when nothing new has happened."""
-    assert world.status is not None
     return Observation(
         now_ms=now,
         settings=world.settings,

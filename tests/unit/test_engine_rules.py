@@ -1295,6 +1295,19 @@ def test_approve_completes_the_gate_and_continues() -> None:
     assert run.s.phase == "Completed"
 
 
+def test_a_node_blocked_before_the_gate_opened_still_blocks_the_run() -> None:
+    flow = make_flow(gate("review"), task("side"))
+    run = Run(flow)
+    run.start()
+    d = run.report("side", "blocked")
+    assert run.s.phase == "AwaitingApproval", record_events(d)
+    assert run.cp.blocked_nodes == ["side"]
+    decide_gate(run, "approve")
+    assert run.s.phase == "Blocked"
+    assert run.s.detail == "blocked nodes: side"
+    assert run.cp.completed_nodes == ["review"]
+
+
 def test_approve_without_admission_waits_in_the_queue() -> None:
     run = at_gate()
     run.set_spec(gate_decisions=[GateDecision(gate="review", decision="approve")])

@@ -1166,8 +1166,13 @@ def _dispatch(w: _Work) -> None:
             metadata={},
         )
         below = descendants(flow, {gate.id})
+        held = set(w.cp.blocked_nodes)
+        pending = set(w.cp.pending_nodes)
         w.cp.blocked_nodes = [
-            n for n in w.cp.pending_nodes if n in below or n in set(w.cp.blocked_nodes)
+            # Nodes blocked by their own outcome are no longer pending; they stay blocked
+            # (approving the gate must not turn the run Completed without them).
+            *(n for n in w.cp.blocked_nodes if n not in pending),
+            *(n for n in w.cp.pending_nodes if n in below or n in held),
         ]
         w.phase_to("AwaitingApproval")
         w.s.detail = f"awaiting approval at gate `{gate.id}`"
