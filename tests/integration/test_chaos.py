@@ -158,18 +158,23 @@ def _progress(items: list[dict[str, Any]]) -> frozenset[tuple[str, int]]:
 
 
 class Approver:
-    """Approves each gate once, as soon as it is seen awaiting, with one kubectl apply."""
+    """Approves each gate once, as soon as it is seen awaiting, with one kubectl apply.
+
+    Runs named in ``held`` are left waiting until they are taken out of it.
+    """
 
     def __init__(self, cluster: Cluster, manifests: dict[str, dict[str, Any]]) -> None:
         self.cluster = cluster
         self.manifests = manifests
         self.approved: set[str] = set()
+        self.held: set[str] = set()
 
     def approve_waiting(self, items: list[dict[str, Any]]) -> None:
         waiting = [
             run["metadata"]["name"]
             for run in items
-            if _phase(run) == "AwaitingApproval" and run["metadata"]["name"] not in self.approved
+            if _phase(run) == "AwaitingApproval"
+            and run["metadata"]["name"] not in self.approved | self.held
         ]
         if not waiting:
             return
@@ -314,6 +319,9 @@ def test_apiserver_and_etcd_restarts_mid_flight(
     runs += [_gated(f"gate-{i:02d}", after=1.0) for i in range(4)]
     manifests = {r["metadata"]["name"]: r for r in runs}
     approver = Approver(cluster, manifests)
+    # Two runs wait at their gates until etcd has restarted, so that work is still in
+    # flight at both restarts however fast the others finish.
+    approver.held = {"gate-02", "gate-03"}
     operator = operators(**CHAOS_ENV)
     cluster.apply(*runs)
 
@@ -341,6 +349,7 @@ def test_apiserver_and_etcd_restarts_mid_flight(
     assert sum(mid[p] for p in TERMINAL) < len(runs), "everything ended before etcd restarted"
     plane.restart_etcd(downtime=2.0)
     assert plane.is_ready()
+    approver.held.clear()
 
     def finished() -> bool:
         items = _list_runs(cluster)
