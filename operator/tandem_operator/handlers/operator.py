@@ -6,8 +6,8 @@ AgentQuotaOverride events ask for a reconcile of the runs they may unblock (B7 r
 an approved override at once). A lifecycle tick, one loop over the cached runs, re-checks
 time-based rules (B4 stale gates, B5 stale reaping, B6 auto-resume, gate expiry) every
 ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS`` for the runs one of them may act on by then
-(``lifecycle.timers``: not terminal runs, runs a user paused, or gates far from their
-deadlines); the deadlines themselves come from timestamps in status, so a restart neither
+(``lifecycle.timers``; terminal runs, runs a user paused and gates far from their
+deadlines are skipped); the deadlines themselves come from timestamps in status, so a restart neither
 resets nor repeats them. A watch event that brings nothing newer than the cache (the echo
 of the operator's own write, kopf's listing after the leader's) asks for no reconcile.
 It is not a ``kopf.timer``: kopf guards timers with a finalizer on each object, which would
@@ -34,6 +34,7 @@ import kopf
 from tandem_operator.api.models import GROUP
 from tandem_operator.api.settings import Settings
 from tandem_operator.handlers import webhook
+from tandem_operator.handlers.cache import object_key
 from tandem_operator.handlers.kubeapi import LIST_PAGE_SIZE, KubeApi
 from tandem_operator.handlers.leader import Leadership, new_identity
 from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
@@ -244,7 +245,7 @@ def build_registry(
         deleted = event.get("type") == "DELETED"
         changed = reconciler.observe("runs", body, deleted=deleted)
         if changed and not deleted:
-            reconciler.kick((body["metadata"]["namespace"], body["metadata"]["name"]))
+            reconciler.kick(object_key(body))
 
     @kopf.on.event(GROUP, "automations", registry=registry)
     async def automation_event(event: Mapping[str, Any], namespace: str | None, **_: Any) -> None:

@@ -324,7 +324,14 @@ class Reconciler:
                 if problems:
                     await self._report_invalid(key, body, problems)
                     return
-        queued = status is None or status.phase == "Queued"
+        # The admission pass walks every cached run: pay for it only when the verdict can
+        # matter. A Queued run that is to run needs it now; any other run only if this
+        # decision re-queues it (then decide again with the verdict, which ``decide``,
+        # being pure, turns into the same decision as if the verdict had been there from
+        # the start). A lifecycle tick over thousands of parked runs stays O(runs).
+        wants_verdict = (status is None or status.phase == "Queued") and (
+            spec.desired_state == "Running"
+        )
         now = wall_ms()
         obs = Observation(
             now_ms=now,
@@ -336,15 +343,7 @@ class Reconciler:
             status=status,
             definition=definition,
             definition_error=definition_error,
-            # The admission pass walks every cached run: pay for it only when the verdict
-            # can matter. A Queued run that is to run needs it now; any other run only if
-            # this decision re-queues it (then decide again with the verdict, which
-            # ``decide``, being pure, turns into the same decision as if the verdict had
-            # been there from the start). A lifecycle tick over thousands of parked runs
-            # stays O(runs).
-            admission=self._verdict(key)
-            if queued and spec.desired_state == "Running"
-            else "capacity",
+            admission=self._verdict(key) if wants_verdict else "capacity",
             overrides=self._overrides(key[0], now),
             outcomes=self.runner.outcomes(key),
             in_flight=self.runner.in_flight(key),
@@ -352,7 +351,7 @@ class Reconciler:
             shutting_down=self.shutting_down,
         )
         decision = decide(obs)
-        if decision.status.phase == "Queued" and not (queued and spec.desired_state == "Running"):
+        if decision.status.phase == "Queued" and not wants_verdict:
             verdict = self._verdict(key)
             if verdict != obs.admission:
                 obs = replace(obs, admission=verdict)
