@@ -21,6 +21,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# The lifecycle's words live in ``api.vocabulary``; re-exported for the models' users.
+from tandem_operator.api.vocabulary import ACTIVE_PHASES as ACTIVE_PHASES
+from tandem_operator.api.vocabulary import TERMINAL_PHASES as TERMINAL_PHASES
+from tandem_operator.api.vocabulary import NodeStatus as NodeStatus
+from tandem_operator.api.vocabulary import Phase as Phase
+from tandem_operator.api.vocabulary import QueueReason as QueueReason
+from tandem_operator.api.vocabulary import StopKind as StopKind
+
 GROUP = "automation.tandem.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -34,30 +42,6 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
 Timestamp = Annotated[str, Field(description="RFC 3339 time in UTC with milliseconds")]
 
-Phase = Literal[
-    "Queued",
-    "Running",
-    "Pausing",
-    "Paused",
-    "AwaitingApproval",
-    "Completed",
-    "Blocked",
-    "Failed",
-    "Cancelled",
-]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Completed", "Blocked", "Failed", "Cancelled"})
-ACTIVE_PHASES: frozenset[str] = frozenset({"Running", "Pausing"})
-"""Phases that hold an execution claim and a workspace lock."""
-
-StopKind = Literal[
-    "Cancelled",
-    "OperatorStopped",
-    "GuardrailStopped",
-    "Panic",
-    "Shutdown",
-    "ServerRestart",
-    "StaleReaped",
-]
 Profile = Literal["Strict", "Guided", "Yolo"]
 DesiredState = Literal["Running", "Paused", "Cancelled"]
 TriggerType = Literal["manual", "scheduled", "watch_condition", "dry_run"]
@@ -66,8 +50,6 @@ GateDecisionValue = Literal["approve", "rework", "cancel"]
 ALL_DECISIONS: tuple[GateDecisionValue, ...] = ("approve", "rework", "cancel")
 SimulateOutcome = Literal["completed", "needs_repair", "failed", "stall"]
 ExpiryAction = Literal["cancel", "resume", "remind"]
-QueueReason = Literal["capacity", "workspace_lock", "rate_limit", "retry_backoff"]
-NodeStatus = Literal["completed", "needs_repair", "failed", "blocked"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 MAX_NODES = 100
@@ -314,6 +296,7 @@ class GateHistoryEntry(ApiModel):
 
 class LifecycleRecord(ApiModel):
     event: str
+    """A ``LifecycleEvent``; any string is read (an older or newer operator's history)."""
     recorded_at: Timestamp
     reason: str | None = None
     stop_kind: StopKind | None = None
