@@ -29,7 +29,8 @@ from typing import Any
 from tandem_operator.api.models import AutomationRunSpec, AutomationRunStatus
 from tandem_operator.api.settings import Settings
 from tandem_operator.handlers.kubeapi import merge_patch
-from tandem_operator.lifecycle.engine import Observation, decide
+from tandem_operator.lifecycle.contract import Observation
+from tandem_operator.lifecycle.engine import decide
 
 API_VERSION = "automation.tandem.dev/v1alpha1"
 GATE = "review"

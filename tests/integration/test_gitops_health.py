@@ -33,7 +33,7 @@ from support import REPO, Cluster, OperatorProcess, sim, simulated_run, wait_for
 
 from agentserver import Activity, AgentServer, Result
 from tandem_operator.api.models import AutomationRunStatus
-from tandem_operator.lifecycle.engine import apply_conditions
+from tandem_operator.lifecycle.invariants import apply_conditions
 
 HEALTH_LUA = REPO / "charts" / "tandem-operator" / "argocd" / "health.lua"
 GITOPS_DOC = REPO / "docs" / "gitops.md"

@@ -34,15 +34,10 @@ from tandem_operator.api.models import (
     Recover,
 )
 from tandem_operator.api.settings import Settings
+from tandem_operator.api.vocabulary import QueueVerdict
 from tandem_operator.lifecycle.clock import format_ms
-from tandem_operator.lifecycle.engine import (
-    AttemptOutcome,
-    Decision,
-    Observation,
-    Override,
-    QueueVerdict,
-    decide,
-)
+from tandem_operator.lifecycle.contract import AttemptOutcome, Decision, Observation, Override
+from tandem_operator.lifecycle.engine import decide
 from tandem_operator.lifecycle.timers import timer_due_ms
 
 T0 = 1_800_000_000_000

@@ -35,21 +35,20 @@ from tandem_operator.api.models import (
     Recover,
 )
 from tandem_operator.api.settings import Settings
+from tandem_operator.api.vocabulary import QueueVerdict
+from tandem_operator.api.vocabulary import event_reason as camel
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
-from tandem_operator.lifecycle.engine import (
-    RESTART_DETAIL,
+from tandem_operator.lifecycle.contract import (
     AttemptOutcome,
     Decision,
     Observation,
     Override,
-    QueueVerdict,
     StartAttempt,
-    camel,
-    cap_reached,
-    decide,
-    refresh_detail,
-    within_window,
 )
+from tandem_operator.lifecycle.engine import MAX_ROUNDS, decide
+from tandem_operator.lifecycle.invariants import refresh_detail
+from tandem_operator.lifecycle.recovery import RESTART_DETAIL
+from tandem_operator.lifecycle.resumes import cap_reached, within_window
 
 T0 = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z
 ME = "operator-b"
@@ -215,6 +214,7 @@ class Run:
         **extra: Any,
     ) -> Decision:
         outcomes = tuple(outcomes)
+        rounds = extra.pop("rounds", MAX_ROUNDS)
         finished = {o.node_id for o in outcomes}  # a reported attempt is no longer running
         if in_flight is None:
             in_flight = self.in_flight - finished
@@ -233,7 +233,7 @@ class Run:
             **extra,
         )
         before = self.status.model_dump() if self.status is not None else None
-        decision = decide(obs)
+        decision = decide(obs, rounds=rounds)
         check_update(obs, before, decision)
         self.status = decision.status
         self.in_flight = (obs.in_flight - finished) | {a.node_id for a in decision.start}
@@ -933,7 +933,7 @@ def test_stale_reap_waits_for_the_larger_of_the_setting_and_the_node_timeout(
     run.now = last + threshold - 1
     assert not run.decide(in_flight={"collect"}).changed
     run.now = last + threshold
-    d = run.decide(in_flight={"collect"})
+    d = run.decide(in_flight={"collect"}, rounds=1)
     assert run.s.phase == "Paused"
     record = only_record(d, "run_paused_stale_no_provider_activity")
     assert record.metadata is not None
@@ -943,7 +943,7 @@ def test_stale_reap_waits_for_the_larger_of_the_setting_and_the_node_timeout(
 def test_stale_reap_pauses_a_silent_run_for_repair() -> None:
     flow = make_flow(task("collect"), task("draft", "collect"))
     run = stale_running(flow, started_ms=T0 - 600_000)
-    d = run.decide(in_flight={"collect"}, last_activity_ms=T0 - 600_000)
+    d = run.decide(in_flight={"collect"}, last_activity_ms=T0 - 600_000, rounds=1)
     assert run.s.phase == "Paused"
     assert run.s.stop_kind == "StaleReaped"
     assert run.s.pause_reason == "stale_no_provider_activity"
@@ -998,7 +998,7 @@ def reaped(flow: AutomationSpec, *, settings: Settings = SETTINGS) -> Run:
     run = Run(flow, settings=settings)
     run.start()
     run.advance(settings.stale_running_ms)
-    d = run.decide(last_activity_ms=T0)
+    d = run.decide(last_activity_ms=T0, rounds=1)
     assert run.s.phase == "Paused"
     assert run.s.stop_kind == "StaleReaped"
     assert d.cancel == {"collect"}
@@ -1040,7 +1040,7 @@ def test_auto_resume_stops_at_the_cap() -> None:
     run.start()
     for _ in range(2):
         run.advance(settings.stale_running_ms)
-        run.decide(last_activity_ms=run.now - settings.stale_running_ms)
+        run.decide(last_activity_ms=run.now - settings.stale_running_ms, rounds=1)
         assert run.s.phase == "Paused"
         run.in_flight = frozenset()
         run.decide(admission="admit")

@@ -29,19 +29,17 @@ from tandem_operator.api.models import (
     GateDecision,
 )
 from tandem_operator.api.settings import Settings
-from tandem_operator.lifecycle.engine import (
+from tandem_operator.lifecycle.bounds import (
     HISTORY_BUDGET_BYTES,
     MAX_OUTPUT_BYTES,
     MAX_REASON_CHARS,
     MAX_VERDICTS,
     MIN_OUTPUT_BYTES,
-    AttemptOutcome,
-    Decision,
-    Observation,
     cap_output,
-    decide,
     output_limit,
 )
+from tandem_operator.lifecycle.contract import AttemptOutcome, Decision, Observation
+from tandem_operator.lifecycle.engine import decide
 
 T0 = 1_800_000_000_000
 ME = "operator-a"

@@ -26,7 +26,7 @@ from tandem_operator.execution.types import (
     TransientExecutorError,
 )
 from tandem_operator.lifecycle.clock import wall_ms
-from tandem_operator.lifecycle.engine import AttemptOutcome
+from tandem_operator.lifecycle.contract import AttemptOutcome
 
 log = logging.getLogger(__name__)
 

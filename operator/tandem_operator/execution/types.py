@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from tandem_operator.lifecycle.engine import (
+from tandem_operator.lifecycle.retry import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
     BACKOFF_FACTOR,

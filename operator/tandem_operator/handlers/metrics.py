@@ -68,7 +68,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from tandem_operator.api.models import ACTIVE_PHASES, Node, Phase
-from tandem_operator.lifecycle.engine import AttemptOutcome, Decision
+from tandem_operator.lifecycle.contract import AttemptOutcome, Decision
 
 log = logging.getLogger(__name__)
 

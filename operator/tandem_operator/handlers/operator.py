@@ -40,7 +40,7 @@ from tandem_operator.handlers.leader import Leadership, new_identity
 from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
 from tandem_operator.handlers.reconciler import Reconciler
 from tandem_operator.lifecycle.clock import wall_ms
-from tandem_operator.lifecycle.engine import Event
+from tandem_operator.lifecycle.contract import Event
 
 log = logging.getLogger(__name__)
 

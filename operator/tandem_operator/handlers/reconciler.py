@@ -46,14 +46,9 @@ from tandem_operator.handlers.cache import CachedRun, object_key, resource_versi
 from tandem_operator.handlers.kubeapi import Conflict, Gone, KubeApi, merge_patch
 from tandem_operator.handlers.metrics import OperatorMetrics, executor_kind
 from tandem_operator.lifecycle.clock import format_ms, parse_ms, wall_ms
-from tandem_operator.lifecycle.engine import (
-    Decision,
-    Event,
-    Observation,
-    Override,
-    apply_conditions,
-    decide,
-)
+from tandem_operator.lifecycle.contract import Decision, Event, Observation, Override
+from tandem_operator.lifecycle.engine import decide
+from tandem_operator.lifecycle.invariants import apply_conditions
 from tandem_operator.lifecycle.validation import flow_error, status_problems
 from tandem_operator.scheduling.admission import RunSlot, admission_pass, workspace_root
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem_operator.api.models import ACTIVE_PHASES
-from tandem_operator.lifecycle.engine import QueueVerdict
+from tandem_operator.api.vocabulary import QueueVerdict
 
 
 @dataclass(frozen=True, kw_only=True)
