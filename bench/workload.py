@@ -28,9 +28,9 @@ from typing import Any
 
 from tandem_operator.api.models import AutomationRunSpec, AutomationRunStatus
 from tandem_operator.api.settings import Settings
-from tandem_operator.handlers.kubeapi import merge_patch
 from tandem_operator.lifecycle.contract import Observation
 from tandem_operator.lifecycle.engine import decide
+from tandem_operator.runtime.kubeapi import merge_patch
 
 API_VERSION = "automation.tandem.dev/v1alpha1"
 GATE = "review"

@@ -23,7 +23,7 @@ import pytest
 from support import Cluster, sim, simulated_run, wait_for
 
 from tandem_operator.devcluster.session import KubeSession, unique_namespace_name
-from tandem_operator.handlers.kubeapi import ApiError, Conflict, Gone, KubeApi
+from tandem_operator.runtime.kubeapi import ApiError, Conflict, Gone, KubeApi
 
 T = TypeVar("T")
 

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem_operator.scheduling.admission import RunSlot, admission_pass
+from tandem_operator.scheduling.admission import (
+    AdmissionQueue,
+    FlowFacts,
+    RunSlot,
+    Waiting,
+    admission_pass,
+)
 
 NS = "team-a"
 
@@ -214,3 +220,71 @@ def test_admission_is_fair_and_within_limits(runs: list[RunSlot], capacity: int)
     for run in queued:
         if verdicts[run.key] == "workspace_lock":
             assert run.workspace in held or run.workspace in new
+
+
+# ------------------------------------------------------------------ the incremental queue
+
+
+def _queue_of(runs: list[RunSlot], capacity: int) -> AdmissionQueue:
+    """An AdmissionQueue fed the same runs, one update at a time, in a shuffled history."""
+    queue = AdmissionQueue(capacity=capacity, referenced=lambda ns, name: FlowFacts(False, None))
+    for run in runs:
+        # Each run first appears as new, then moves to its phase: updates replace.
+        queue.update(run.key, phase=None, waiting=_waiting(run))
+        queue.update(run.key, phase=run.phase, waiting=_waiting(run))
+    return queue
+
+
+def _waiting(run: RunSlot) -> Waiting:
+    return Waiting(
+        key=run.key,
+        created=run.created,
+        desired_running=run.eligible,
+        retry_after_ms=None,
+        own_workspace=run.workspace,
+        automation_ref=None,
+        has_flow=True,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs=run_sets(), capacity=st.integers(min_value=1, max_value=4))
+def test_the_incremental_queue_answers_as_the_whole_pass(
+    runs: list[RunSlot], capacity: int
+) -> None:
+    """Every verdict of ``AdmissionQueue`` (asked one run at a time, as the reconciler asks)
+    is the verdict ``admission_pass`` gives the same runs, and ``admissible`` lists exactly
+    the runs the pass admits, oldest first."""
+    verdicts = admission_pass(runs, capacity=capacity)
+    queue = _queue_of(runs, capacity)
+    for run in runs:
+        if run.phase in (None, "Queued"):
+            expected = verdicts.get(run.key, "capacity")
+            assert queue.verdict(_waiting(run), 0) == expected, run
+    admitted_by_pass = sorted(
+        (k for k, v in verdicts.items() if v == "admit"),
+        key=lambda k: next((r.created, r.key[1], r.key[0]) for r in runs if r.key == k),
+    )
+    assert queue.admissible(0) == admitted_by_pass
+    assert queue.busy == sum(1 for r in runs if r.phase in ("Running", "Pausing"))
+
+
+def test_a_paused_run_asks_as_if_it_were_queued() -> None:
+    """A Paused run about to be resumed takes its place by age among the waiting runs."""
+    older = slot("older", "00", workspace="/ws/a")
+    paused = slot("paused", "01", phase="Paused", workspace="/ws/b")
+    queue = _queue_of([older, paused], capacity=1)
+    assert queue.verdict(_waiting(paused), 0) == "capacity"  # older takes the only slot
+    queue = _queue_of([older, paused], capacity=2)
+    assert queue.verdict(_waiting(paused), 0) == "admit"
+    assert queue.admissible(0) == [older.key]  # asking changed nothing
+
+
+def test_deleting_a_holder_frees_its_slot_and_workspace() -> None:
+    holder = slot("holder", "00", phase="Running", workspace="/ws/a")
+    waiting = slot("waiting", "01", workspace="/ws/a")
+    queue = _queue_of([holder, waiting], capacity=1)
+    assert queue.verdict(_waiting(waiting), 0) == "workspace_lock"
+    queue.update(holder.key, phase=None, waiting=None)
+    assert queue.verdict(_waiting(waiting), 0) == "admit"
+    assert queue.admissible(0) == [waiting.key]

@@ -38,7 +38,6 @@ from tandem_operator.api.vocabulary import QueueVerdict
 from tandem_operator.lifecycle.clock import format_ms
 from tandem_operator.lifecycle.contract import AttemptOutcome, Decision, Observation, Override
 from tandem_operator.lifecycle.engine import decide
-from tandem_operator.lifecycle.timers import timer_due_ms
 
 T0 = 1_800_000_000_000
 EXAMPLES = int(os.environ.get("TANDEM_PROPERTY_EXAMPLES", "200"))
@@ -421,22 +420,40 @@ def test_deciding_twice_without_news_changes_nothing(
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), flow=flows(), cfg=run_settings())
-def test_a_tick_before_the_timer_is_due_changes_nothing(
+def test_one_decision_settles(data: st.DataObject, flow: AutomationSpec, cfg: Settings) -> None:
+    """``decide`` reaches its own fixed point: deciding again on its result, with the
+    attempts it started in flight and nothing else new, changes nothing."""
+    world = _random_history(data, flow, cfg)
+    d = decide(_without_news(world, world.now))
+    assert d.settled
+    world.status = d.status
+    for attempt in d.start:
+        world.running[attempt.node_id] = attempt.attempt
+    again = decide(_without_news(world, world.now))
+    assert not again.changed, (world.status.phase, again.records)
+    assert not again.records
+    assert not again.events
+    assert not again.start
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), flow=flows(), cfg=run_settings())
+def test_deciding_before_the_returned_deadline_changes_nothing(
     data: st.DataObject, flow: AutomationSpec, cfg: Settings
 ) -> None:
-    """The lifecycle tick skips runs ``timer_due_ms`` says no rule can act on yet: skipping
-    them must lose nothing, so deciding at any earlier moment is a no-op."""
+    """``Decision.requeue_at_ms`` is the earliest moment time alone can change the run: the
+    wake-ups and the lifecycle tick skip runs until then, so deciding at any earlier moment
+    (or at any moment, when it says never) must be a no-op."""
     world = _random_history(data, flow, cfg)
-    _settle(world)  # as the reconciler does after every write
-    assert world.status is not None
-    due = timer_due_ms(
-        world.status.to_api(), stale_after_ms=world.settings.approval_gate_stale_after_ms
-    )
-    event(f"due: {'never' if due is None else 'always' if due == 0 else 'later'}")
-    if due == 0:
-        return  # ticked every interval: nothing is skipped
+    d = decide(_without_news(world, world.now))
+    world.status = d.status
+    for attempt in d.start:
+        world.running[attempt.node_id] = attempt.attempt
+    due = d.requeue_at_ms
+    event(f"due: {'never' if due is None else 'later'}")
+    assert due is None or due > world.now
     horizon = due if due is not None else world.now + 100 * 86_400_000
     later = data.draw(st.integers(min_value=world.now, max_value=max(world.now, horizon - 1)))
-    d = decide(_without_news(world, later))
-    assert not d.changed, (world.status.phase, d.records)
-    assert not d.start
+    again = decide(_without_news(world, later))
+    assert not again.changed, (world.status.phase, again.records)
+    assert not again.start

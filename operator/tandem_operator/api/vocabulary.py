@@ -34,6 +34,9 @@ TERMINAL_PHASES: Final[frozenset[Phase]] = frozenset(
 ACTIVE_PHASES: Final[frozenset[Phase]] = frozenset({"Running", "Pausing"})
 """Phases that hold an execution claim, a scheduler slot and a workspace lock (B3, B9)."""
 
+RECOVERABLE_PHASES: Final[frozenset[Phase]] = frozenset({"Failed", "Paused", "Blocked"})
+"""Runs a new ``spec.recover.requestId`` resets and re-queues (B14)."""
+
 PARKED_PHASES: Final[frozenset[Phase]] = frozenset({"Paused", "AwaitingApproval"})
 """Waiting for a person (or a timer rule): state lives in status, no lock is held (B3)."""
 
@@ -41,21 +44,21 @@ FAILED_LIKE_PHASES: Final[frozenset[Phase]] = frozenset({"Failed", "Blocked", "C
 """Terminal without the result: ``Stalled=True`` (kstatus reads it as Failed)."""
 
 
-def is_terminal(phase: Phase | None) -> bool:
+def is_terminal(phase: str | None) -> bool:
     return phase in TERMINAL_PHASES
 
 
-def holds_workspace(phase: Phase | None) -> bool:
+def holds_workspace(phase: str | None) -> bool:
     """Running and Pausing runs hold their workspace lock and a capacity slot (B9)."""
     return phase in ACTIVE_PHASES
 
 
-def waits_for_admission(phase: Phase | None) -> bool:
+def waits_for_admission(phase: str | None) -> bool:
     """A new run (no phase yet) or a Queued one: admission (B9) decides when it starts."""
     return phase is None or phase == "Queued"
 
 
-def may_be_requeued(phase: Phase | None) -> bool:
+def may_be_requeued(phase: str | None) -> bool:
     """Phases a decision can turn into Queued at once (resume, auto-resume, a gate)."""
     return waits_for_admission(phase) or phase in PARKED_PHASES
 

@@ -14,7 +14,7 @@ Subcommands:
 
 This is the edge of the package: it may import every layer below it. Its client is
 pykube-ng (thin, synchronous, fine for a CLI); the operator's own status writes go over
-aiohttp in ``handlers.kubeapi``, configured by the official client.
+aiohttp in ``runtime.kubeapi``, configured by the official client.
 """
 
 from __future__ import annotations

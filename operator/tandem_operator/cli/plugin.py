@@ -43,8 +43,10 @@ from typing import Any, NoReturn
 import pykube
 import requests
 
-from tandem_operator.api.models import ALL_DECISIONS, API_VERSION, TERMINAL_PHASES
-from tandem_operator.lifecycle.clock import parse_ms, wall_ms
+from tandem_operator.api.models import ALL_DECISIONS, API_VERSION
+from tandem_operator.api.vocabulary import OPERATOR_PAUSES, RECOVERABLE_PHASES, TERMINAL_PHASES
+from tandem_operator.lifecycle.clock import parse_ms
+from tandem_operator.runtime.ports import wall_ms
 
 KIND = "automationrun"
 PLURAL = "automationruns"
@@ -53,8 +55,6 @@ DESCRIBE_RECORDS = 10
 DETAIL_WIDTH = 60
 WRITE_RETRIES = 3
 GATE_COMMANDS = {"approve": "approve", "rework": "rework", "cancel-gate": "cancel"}
-RECOVERABLE_PHASES = frozenset({"Failed", "Paused", "Blocked"})
-OPERATOR_PAUSES = frozenset({"StaleReaped", "GuardrailStopped"})
 
 Run = Mapping[str, Any]
 

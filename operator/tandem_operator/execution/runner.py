@@ -25,7 +25,6 @@ from tandem_operator.execution.types import (
     ExecutorConfigError,
     TransientExecutorError,
 )
-from tandem_operator.lifecycle.clock import wall_ms
 from tandem_operator.lifecycle.contract import AttemptOutcome
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,14 @@ class _RunAttempts:
 
 
 class _Activity:
-    def __init__(self, state: _RunAttempts) -> None:
+    def __init__(self, state: _RunAttempts, clock: Callable[[], int]) -> None:
         self._state = state
+        self._clock = clock
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
     def activity(self) -> None:
-        self._state.last_activity_ms = wall_ms()
+        self._state.last_activity_ms = self._clock()
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens += prompt_tokens
@@ -58,8 +58,9 @@ class _Activity:
 class AttemptRunner:
     """Starts, tracks and cancels node attempts; reports their outcomes."""
 
-    def __init__(self, notify: Notify) -> None:
+    def __init__(self, notify: Notify, *, clock: Callable[[], int]) -> None:
         self._notify = notify
+        self._clock = clock
         self._runs: dict[RunKey, _RunAttempts] = {}
 
     def in_flight(self, key: RunKey) -> frozenset[str]:
@@ -89,7 +90,7 @@ class AttemptRunner:
         state = self._runs.setdefault(key, _RunAttempts())
         if request.node_id in state.tasks:
             return
-        state.last_activity_ms = wall_ms()
+        state.last_activity_ms = self._clock()
         task = asyncio.create_task(
             self._attempt(key, state, request, executor),
             name=f"attempt {key[0]}/{key[1]} {request.node_id}#{request.attempt}",
@@ -130,7 +131,7 @@ class AttemptRunner:
     async def _attempt(
         self, key: RunKey, state: _RunAttempts, request: AttemptRequest, executor: Executor
     ) -> None:
-        activity = _Activity(state)
+        activity = _Activity(state, self._clock)
         outcome: AttemptOutcome
         try:
             result = await executor.run(request, activity)

@@ -1,18 +1,10 @@
-"""kopf wiring: thin handlers that feed the reconciler.
+"""kopf wiring: thin handlers that feed the controller, and nothing else.
 
-Every handler is a guard and one call. Watch events of the four kinds update the
-reconciler's caches; AutomationRun events ask for a reconcile of that run; Automation and
-AgentQuotaOverride events ask for a reconcile of the runs they may unblock (B7 reacts to
-an approved override at once). A lifecycle tick, one loop over the cached runs, re-checks
-time-based rules (B4 stale gates, B5 stale reaping, B6 auto-resume, gate expiry) every
-``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS`` for the runs one of them may act on by then
-(``lifecycle.timers``; terminal runs, runs a user paused and gates far from their
-deadlines are skipped); the deadlines themselves come from timestamps in status, so a restart neither
-resets nor repeats them. A watch event that brings nothing newer than the cache (the echo
-of the operator's own write, kopf's listing after the leader's) asks for no reconcile.
-It is not a ``kopf.timer``: kopf guards timers with a finalizer on each object, which would
-need write access to the runs' spec and would block deleting runs while the operator is
-not installed. The operator never writes anything but ``status``.
+Every handler is one call into ``runtime.controller.Controller``: watch events of the four
+kinds update its store and ask for reconciles; startup and cleanup start and stop it. The
+runtime (store, work queue, reconciler, leader election, the lifecycle tick, Events) lives
+in ``tandem_operator.runtime``; kopf's role is to list and watch, and to serve the
+admission webhook (``handlers.webhook``).
 
 kopf's own bookkeeping is kept under the project's annotation prefix, never in ``status``
 (which the structural schema would prune), and the handlers here are event handlers,
@@ -22,87 +14,22 @@ which keep no per-object progress at all: the run's status is the only state.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from tandem_operator.api.models import GROUP
 from tandem_operator.api.settings import Settings
 from tandem_operator.handlers import webhook
-from tandem_operator.handlers.cache import object_key
-from tandem_operator.handlers.kubeapi import LIST_PAGE_SIZE, KubeApi
-from tandem_operator.handlers.leader import Leadership, new_identity
-from tandem_operator.handlers.metrics import OperatorMetrics, serve_metrics
-from tandem_operator.handlers.reconciler import Reconciler
-from tandem_operator.lifecycle.clock import wall_ms
-from tandem_operator.lifecycle.contract import Event
+from tandem_operator.runtime.controller import Controller
+from tandem_operator.runtime.kubeapi import LIST_PAGE_SIZE
+from tandem_operator.runtime.metrics import OperatorMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
-
-
-def _emit(body: Mapping[str, Any], event: Event) -> None:
-    raw = cast(kopf.RawBody, dict(body))
-    kopf.event(
-        kopf.Body(raw),
-        type=event.type,
-        reason=event.reason,
-        message=event.message[:1024],
-    )
-
-
-class _EventPoster:
-    """Posts Kubernetes Events through kopf from any task of the operator.
-
-    ``kopf.event`` finds kopf's poster queue through context variables that kopf sets only
-    in the tasks that run handlers. Reconciles also run in tasks that never passed through
-    a handler (the lifecycle tick, leadership changes, wake-ups and attempt outcomes that
-    descend from them), where ``kopf.event`` raises ``LookupError``. The poster remembers
-    the context of a handler and posts from it there. A new leader reconciles the runs it
-    listed before kopf has called any handler (restart recovery does exactly that), so
-    Events emitted before a context exists wait, up to ``EARLY_EVENTS_LIMIT``, and are
-    posted from the first handler. Posting is best effort: an Event that cannot be queued
-    is logged and never stops the reconcile that emits it, which still has attempts to
-    start.
-    """
-
-    EARLY_EVENTS_LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._context: contextvars.Context | None = None
-        self._early: list[tuple[Mapping[str, Any], Event]] = []
-
-    def remember(self) -> None:
-        """Called from handlers: keep a context in which kopf can post; post what waited."""
-        if self._context is None:
-            self._context = contextvars.copy_context()
-            early, self._early = self._early, []
-            for body, event in early:
-                self(body, event)
-
-    def __call__(self, body: Mapping[str, Any], event: Event) -> None:
-        try:
-            try:
-                _emit(body, event)
-            except LookupError:
-                if self._context is None:
-                    if len(self._early) < self.EARLY_EVENTS_LIMIT:
-                        self._early.append((body, event))
-                        return
-                    raise
-                self._context.run(_emit, body, event)
-        except Exception:
-            meta = body.get("metadata", {})
-            log.exception(
-                "Event not posted reason=%s run=%s/%s",
-                event.reason,
-                meta.get("namespace"),
-                meta.get("name"),
-            )
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):
@@ -138,60 +65,12 @@ class WebhookOptions:
 
 
 def build_registry(
-    *,
-    settings: Settings,
-    lease_namespace: str,
-    identity: str | None = None,
-    webhook_options: WebhookOptions | None = None,
-    metrics: OperatorMetrics | None = None,
-    namespaces: list[str] | None = None,
-) -> tuple[kopf.OperatorRegistry, Reconciler, Leadership]:
-    """A registry with every handler bound to one reconciler and one leadership."""
+    controller: Controller, *, webhook_options: WebhookOptions | None = None
+) -> kopf.OperatorRegistry:
+    """A registry whose handlers all feed ``controller``."""
     registry = kopf.OperatorRegistry()
     if webhook_options is not None:
         webhook.register(registry)
-    api = KubeApi()
-    me = identity or new_identity()
-    holder: dict[str, Leadership] = {}
-    poster = _EventPoster()
-    reconciler = Reconciler(
-        api=api,
-        settings=settings,
-        identity=me,
-        emit=poster,
-        live_instances=lambda: holder["leader"].live_instances(),
-        is_leader=lambda: holder["leader"].is_leader,
-        metrics=metrics,
-        namespaces=namespaces,
-    )
-    reconciler.metrics.watch_runs(lambda: list(reconciler.caches.runs.values()))
-
-    async def leadership_changed(leader: bool) -> None:
-        reconciler.on_leadership(leader)
-
-    leadership = Leadership(
-        api,
-        identity=me,
-        namespace=lease_namespace,
-        lease_seconds=settings.claim_lease_seconds,
-        on_change=leadership_changed,
-    )
-    holder["leader"] = leadership
-    background: set[asyncio.Task[None]] = set()
-
-    async def lifecycle_ticks() -> None:
-        # One loop over the watch cache instead of a kopf timer per run: kopf timers put a
-        # finalizer on every matching object, which needs write access to the whole run
-        # (spec included) and leaves runs undeletable while no operator is installed.
-        interval = float(settings.lifecycle_timer_interval_seconds)
-        while True:
-            await asyncio.sleep(interval)
-            now = wall_ms()
-            for key, run in list(reconciler.caches.runs.items()):
-                # Only runs a time-based rule may act on now (lifecycle.timers): the others
-                # (terminal, paused by a user, gates far from their deadlines) cost nothing.
-                if run.timer_due_ms is not None and run.timer_due_ms <= now:
-                    reconciler.kick(key)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -202,7 +81,7 @@ def build_registry(
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = _NoDiffBase()
         settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.posting.level = logging.INFO
+        settings.posting.enabled = False  # Events are the controller's, from its own client
         settings.watching.server_timeout = 300
         # Listed in pages, like the leader's own listing: a whole namespace of runs parsed
         # at once would stay in the allocator's arenas long after it is freed.
@@ -211,7 +90,7 @@ def build_registry(
         # A per-object worker lingers this long after its last event, holding one of the
         # 64 slots: with kopf's default of 5 s, a fresh operator (or a burst of new runs)
         # gets through at most 64 objects per 5 s, ~13 runs/s, whatever the API server
-        # could take. The handlers only update a cache and kick, so a worker is done at
+        # could take. The handlers only update the store and kick, so a worker is done at
         # once; a new one is cheap when the object's next event comes.
         settings.batching.idle_timeout = 0.1
         if webhook_options is not None:
@@ -222,56 +101,31 @@ def build_registry(
                 cert_dir=webhook_options.cert_dir,
             )
             settings.admission.managed = webhook.MANAGED_NAME
-        task = asyncio.create_task(leadership.run(), name="leadership")
-        background.add(task)
-        ticks = asyncio.create_task(lifecycle_ticks(), name="lifecycle-ticks")
-        background.add(ticks)
-        log.info("Operator started identity=%s lease_namespace=%s", me, lease_namespace)
+        controller.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        await reconciler.shutdown()
-        for task in background:
-            task.cancel()
-        await leadership.release()
-        await api.aclose()
+        await controller.stop()
 
     @kopf.on.event(GROUP, "automationruns", registry=registry)
     async def run_event(event: Mapping[str, Any], **_: Any) -> None:
-        # A run is reconciled only once it is in the cache, which only this handler fills,
-        # so the poster has a context before the first Event of any run.
-        poster.remember()
-        body = event.get("object") or {}
-        deleted = event.get("type") == "DELETED"
-        changed = reconciler.observe("runs", body, deleted=deleted)
-        if changed and not deleted:
-            reconciler.kick(object_key(body))
+        controller.run_event(event.get("object") or {}, deleted=event.get("type") == "DELETED")
 
     @kopf.on.event(GROUP, "automations", registry=registry)
-    async def automation_event(event: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
-        reconciler.observe(
-            "automations", event.get("object") or {}, deleted=event.get("type") == "DELETED"
+    async def automation_event(event: Mapping[str, Any], **_: Any) -> None:
+        controller.automation_event(
+            event.get("object") or {}, deleted=event.get("type") == "DELETED"
         )
-        for key in reconciler.runs_in(namespace or ""):
-            if reconciler.caches.runs[key].phase in (None, "Queued"):
-                reconciler.kick(key)
 
     @kopf.on.event(GROUP, "agentendpoints", registry=registry)
     async def endpoint_event(event: Mapping[str, Any], **_: Any) -> None:
-        reconciler.observe(
-            "endpoints", event.get("object") or {}, deleted=event.get("type") == "DELETED"
-        )
+        controller.endpoint_event(event.get("object") or {}, deleted=event.get("type") == "DELETED")
 
     @kopf.on.event(GROUP, "agentquotaoverrides", registry=registry)
-    async def override_event(event: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
-        reconciler.observe(
-            "overrides", event.get("object") or {}, deleted=event.get("type") == "DELETED"
-        )
-        for key in reconciler.runs_in(namespace or ""):
-            if reconciler.caches.runs[key].phase in ("Paused", "Running"):
-                reconciler.kick(key)
+    async def override_event(event: Mapping[str, Any], **_: Any) -> None:
+        controller.override_event(event.get("object") or {}, deleted=event.get("type") == "DELETED")
 
-    return registry, reconciler, leadership
+    return registry
 
 
 async def run_operator(
@@ -285,14 +139,14 @@ async def run_operator(
     metrics_port: int = 0,
 ) -> None:
     metrics = OperatorMetrics(process_collectors=True)
-    registry, _, _ = build_registry(
+    controller = Controller(
         settings=settings,
         lease_namespace=lease_namespace,
-        webhook_options=webhook_options,
         metrics=metrics,
         namespaces=namespaces or None,
     )
-    # /metrics on the operator's own loop (see handlers.metrics); port 0 turns it off.
+    registry = build_registry(controller, webhook_options=webhook_options)
+    # /metrics on the operator's own loop (see runtime.metrics); port 0 turns it off.
     server = await serve_metrics(metrics, port=metrics_port) if metrics_port else None
     try:
         await kopf.operator(

@@ -1,13 +1,14 @@
 """Time in the lifecycle: integer milliseconds since the epoch, passed in, never read.
 
-Every rule takes ``now_ms`` as an argument so tests control time and a restart neither
+Nothing here reads the clock (an import contract keeps ``time`` out of ``api`` and
+``lifecycle``): the wall clock enters at the edge, ``runtime.ports.WallClock``. Every rule
+takes ``now_ms`` as an argument so tests control time and a restart neither
 resets nor repeats a deadline: deadlines are computed from timestamps kept in status.
 Timestamps in the API are RFC 3339 in UTC with milliseconds (``2026-11-24T01:02:03.456Z``).
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 
@@ -30,8 +31,3 @@ def parse_ms(value: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return round(moment.timestamp() * 1000)
-
-
-def wall_ms() -> int:
-    """The current time; only the I/O layers call this."""
-    return int(time.time() * 1000)

@@ -6,7 +6,12 @@ Level-based on the spec: ``desiredState`` says where the run should be, a new
 
 from __future__ import annotations
 
-from tandem_operator.api.vocabulary import OPERATOR_PAUSES, LifecycleEvent, is_terminal
+from tandem_operator.api.vocabulary import (
+    OPERATOR_PAUSES,
+    RECOVERABLE_PHASES,
+    LifecycleEvent,
+    is_terminal,
+)
 from tandem_operator.lifecycle.flow import descendants
 from tandem_operator.lifecycle.work import Work
 
@@ -30,7 +35,7 @@ def recover(w: Work) -> None:
     if request is None or request.request_id == w.cp.recover_request_id:
         return
     w.cp.recover_request_id = request.request_id
-    if w.s.phase not in ("Failed", "Paused", "Blocked"):
+    if w.s.phase not in RECOVERABLE_PHASES:
         w.warn(
             "RecoverIgnored",
             f"recover request {request.request_id} ignored: run is {w.s.phase}, "

@@ -67,20 +67,25 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from tandem_operator.api.models import ACTIVE_PHASES, Node, Phase
+from tandem_operator.api.vocabulary import (
+    ALL_PHASES,
+    AUTO_RESUME_REASONS,
+    LifecycleEvent,
+    QueueReason,
+    holds_workspace,
+)
 from tandem_operator.lifecycle.contract import AttemptOutcome, Decision
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tandem_automation_"
-PHASES: tuple[str, ...] = get_args(Phase)
-QUEUE_REASONS = ("capacity", "workspace_lock", "rate_limit", "retry_backoff", "none")
+PHASES: tuple[str, ...] = ALL_PHASES
+QUEUE_REASONS: tuple[str, ...] = (*get_args(QueueReason), "none")
 """``none``: a Queued run whose admission has not been decided yet (no queueReason)."""
 ATTEMPT_STATUSES = frozenset(
     {"completed", "needs_repair", "failed", "blocked", "transient", "cancelled", "executor_error"}
 )
-AUTO_RESUME_REASONS = ("auto_resume_after_stale_reap", "auto_resume_after_guardrail_override")
-REAP_EVENTS = {
+REAP_EVENTS: dict[LifecycleEvent | str, str] = {
     "run_paused_stale_no_provider_activity": "paused",
     "run_failed_stale_no_provider_activity": "failed",
 }
@@ -88,7 +93,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class RunFacts(Protocol):
-    """What the gauges read of a run (``handlers.cache.CachedRun`` has it)."""
+    """What the gauges read of a run (``runtime.store.CachedRun`` has it)."""
 
     @property
     def phase(self) -> str | None: ...
@@ -99,16 +104,6 @@ class RunFacts(Protocol):
 
 
 RunsSource = Callable[[], Iterable[RunFacts]]
-
-
-def executor_kind(node: Node | None, *, agent_endpoint: str | None = None) -> str:
-    """The executor label of a node: ``simulate``, ``agent_endpoint`` or ``none``."""
-    ex = node.executor if node is not None else None
-    if ex is not None and ex.simulate is not None:
-        return "simulate"
-    if (ex is not None and ex.endpoint_ref is not None) or agent_endpoint:
-        return "agent_endpoint"
-    return "none"
 
 
 def attempt_status(outcome: AttemptOutcome) -> str:
@@ -143,7 +138,7 @@ def run_gauges(runs: Iterable[RunFacts]) -> list[GaugeMetricFamily]:
         if phase == "Queued":
             reason = run.queue_reason or "none"
             queued[reason if reason in queued else "none"] += 1
-        if phase in ACTIVE_PHASES and (root := run.own_workspace):
+        if holds_workspace(phase) and (root := run.own_workspace):
             locks.add(root)
     by_phase = GaugeMetricFamily(
         f"{PREFIX}runs", "AutomationRuns known to the operator, by phase", labels=["phase"]
@@ -261,7 +256,8 @@ class OperatorMetrics:
     def outcomes_applied(self, outcomes: Iterable[tuple[str, AttemptOutcome]]) -> None:
         """Attempt outcomes a stored (or unchanged) decision took into account.
 
-        Each item is ``(executor kind, outcome)``; see :func:`executor_kind`.
+        Each item is ``(executor kind, outcome)``: the kind's name in the executor registry
+        (``execution.registry``), ``none`` when no kind claimed the node.
         """
         for kind, outcome in outcomes:
             self.attempts.labels(executor=kind, status=attempt_status(outcome)).inc()

@@ -1,7 +1,7 @@
 """The operator's writes and point reads of the Kubernetes API.
 
 kopf watches (it lists and streams every resource the operator reacts to). Everything the
-operator *writes* goes through this module: one JSON merge patch of ``status`` per
+operator *writes* goes through this module (Events too): one JSON merge patch of ``status`` per
 decision, carrying ``metadata.resourceVersion`` so that the API server refuses it (409)
 when the object changed since it was read — the operator then re-reads and decides again
 instead of overwriting a newer checkpoint. Leases and Secret reads live here too.
@@ -299,6 +299,15 @@ class KubeApi:
 
     async def get(self, *, plural: str, namespace: str, name: str) -> dict[str, Any]:
         return await self._request("GET", self._object_path(plural, namespace, name))
+
+    async def create_event(self, *, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a core/v1 Event in ``namespace``."""
+        return await self._request(
+            "POST",
+            f"/api/v1/namespaces/{_segment(namespace, 'namespace')}/events",
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            content_type="application/json",
+        )
 
     # -- the rare calls: the official client in a thread pool ---------------------------
 

@@ -1,4 +1,10 @@
-"""What the operator keeps of each AutomationRun between events: compact and read-only.
+"""The store: what the operator keeps of every watched object between events.
+
+Runs are kept compact and read-only (``CachedRun``); the three other kinds as trimmed
+objects. The store also keeps B9's admission index up to date as runs change phase, so
+that a verdict never walks every run (``scheduling.admission.AdmissionQueue``).
+
+What the operator keeps of each AutomationRun between events is compact and read-only.
 
 A run arrives from the watch (or a LIST, or a PATCH response) as parsed JSON, about 18 KB
 of Python objects for a run parked at a gate. The cache keeps instead the few facts that
@@ -16,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandem_operator.lifecycle.clock import parse_ms
-from tandem_operator.lifecycle.timers import timer_due_ms
-from tandem_operator.scheduling.admission import workspace_root
+from tandem_operator.scheduling.admission import AdmissionQueue, FlowFacts, Waiting, workspace_root
 
 RunKey = tuple[str, str]
 
@@ -73,8 +78,6 @@ class CachedRun:
     has_flow: bool
     """A snapshot or an inline automation; otherwise the flow is ``automation_ref``'s."""
     automation_ref: str | None
-    timer_due_ms: int | None
-    """See ``lifecycle.timers``: from when the lifecycle tick may matter."""
     uid: str
     api_version: str
     kind: str
@@ -82,7 +85,7 @@ class CachedRun:
     """The whole (trimmed) object, compact JSON."""
 
     @classmethod
-    def of(cls, body: Mapping[str, Any], *, stale_after_ms: int) -> CachedRun:
+    def of(cls, body: Mapping[str, Any]) -> CachedRun:
         body = trimmed(body)
         meta = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
         assert isinstance(meta, Mapping)
@@ -110,7 +113,6 @@ class CachedRun:
             own_workspace=workspace_root(body),
             has_flow=bool(status_map.get("automationSnapshot") or spec.get("automation")),
             automation_ref=_text(ref.get("name")) if isinstance(ref, Mapping) else None,
-            timer_due_ms=timer_due_ms(status, stale_after_ms=stale_after_ms),
             uid=str(meta.get("uid", "")),
             api_version=str(body.get("apiVersion", "")),
             kind=str(body.get("kind", "")),
@@ -129,3 +131,67 @@ class CachedRun:
             "kind": self.kind,
             "metadata": {"namespace": self.key[0], "name": self.key[1], "uid": self.uid},
         }
+
+    def waiting(self) -> Waiting:
+        """What admission keeps of this run."""
+        return Waiting(
+            key=self.key,
+            created=self.created,
+            desired_running=self.desired_state == "Running",
+            retry_after_ms=self.retry_after_ms,
+            own_workspace=self.own_workspace,
+            automation_ref=self.automation_ref,
+            has_flow=self.has_flow,
+        )
+
+
+KINDS = ("automations", "endpoints", "overrides", "runs")
+"""The store's kinds, by the name the runtime uses for each."""
+
+
+class Store:
+    """Every watched object the operator knows, newest version only."""
+
+    def __init__(self, *, capacity: int) -> None:
+        self.runs: dict[RunKey, CachedRun] = {}
+        self.automations: dict[RunKey, dict[str, Any]] = {}
+        self.endpoints: dict[RunKey, dict[str, Any]] = {}
+        self.overrides: dict[RunKey, dict[str, Any]] = {}
+        self.admission = AdmissionQueue(capacity=capacity, referenced=self.referenced)
+
+    def referenced(self, namespace: str, name: str) -> FlowFacts:
+        spec = (self.automations.get((namespace, name)) or {}).get("spec")
+        return FlowFacts(exists=spec is not None, workspace=workspace_root({}, spec))
+
+    def observe(self, kind: str, body: Mapping[str, Any], *, deleted: bool = False) -> bool:
+        """Keep ``body`` if it is newer than what is stored; True when the store moved on.
+
+        The same version again (the watch echoing the operator's own write, a listing
+        after the leader's own) or an older one is nothing new.
+        """
+        key = object_key(body)
+        if kind == "runs":
+            return self._observe_run(key, body, deleted=deleted)
+        store: dict[RunKey, dict[str, Any]] = getattr(self, kind)
+        if deleted:
+            return store.pop(key, None) is not None
+        current = store.get(key)
+        if current is None or resource_version(body) > resource_version(current):
+            store[key] = trimmed(body)
+            return True
+        return False
+
+    def _observe_run(self, key: RunKey, body: Mapping[str, Any], *, deleted: bool) -> bool:
+        if deleted:
+            self.admission.update(key, phase=None, waiting=None)
+            return self.runs.pop(key, None) is not None
+        current = self.runs.get(key)
+        if current is not None and resource_version(body) <= current.resource_version:
+            return False
+        run = CachedRun.of(body)
+        self.runs[key] = run
+        self.admission.update(key, phase=run.phase, waiting=run.waiting())
+        return True
+
+    def runs_in(self, namespace: str) -> list[RunKey]:
+        return [k for k in self.runs if k[0] == namespace]

@@ -26,7 +26,7 @@ from typing import Any
 
 from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
 
-from tandem_operator.handlers.kubeapi import Conflict, KubeApi
+from tandem_operator.runtime.kubeapi import Conflict, KubeApi
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The operator\x27s runtime: store, work queue, reconciler, leader election, events, metrics."""

@@ -1,0 +1,196 @@
+"""The controller: store, work queue, reconciler, leader election and timers, wired once.
+
+What kopf delivers (watch events of the four kinds) arrives here through thin handlers
+(``handlers.operator``); everything else the operator does starts here:
+
+- **store** (``runtime.store``): the newest version of every watched object, and B9's
+  admission index;
+- **work queue** (``runtime.workqueue``): kicks, per-run serialisation, each run's next
+  deadline as a wake-up;
+- **reconciler** (``runtime.reconciler``): observation, ``decide``, one patch, effects;
+- **leader election** (``runtime.leader``): only the leader acts; a new leader lists every
+  watched object before acting (so a workspace lock holds across failover), then reconciles
+  every run;
+- **lifecycle tick**: every ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``, the runs whose
+  deadline (from their last decision) has come, the runs never decided by this process,
+  and, as a resync, the runs that wait or run (Queued, Running, Pausing). Parked and
+  finished runs with no deadline cost nothing at rest. It is not a ``kopf.timer``: kopf
+  guards timers with a finalizer on each object, which would need write access to the
+  runs' spec and would block deleting runs while the operator is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from tandem_operator.api.settings import Settings
+from tandem_operator.api.vocabulary import holds_workspace, waits_for_admission
+from tandem_operator.execution.registry import ExecutorRegistry, default_registry
+from tandem_operator.runtime.events import EventRecorder
+from tandem_operator.runtime.kubeapi import KubeApi
+from tandem_operator.runtime.leader import Leadership, new_identity
+from tandem_operator.runtime.metrics import OperatorMetrics
+from tandem_operator.runtime.ports import Clock, WallClock
+from tandem_operator.runtime.reconciler import Reconciler
+from tandem_operator.runtime.store import KINDS, Store, object_key
+
+log = logging.getLogger(__name__)
+
+_PLURALS = {
+    "automations": "automations",
+    "endpoints": "agentendpoints",
+    "overrides": "agentquotaoverrides",
+    "runs": "automationruns",
+}
+PRIME_RETRY_SECONDS = 2.0
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        lease_namespace: str,
+        namespaces: list[str] | None = None,
+        identity: str | None = None,
+        metrics: OperatorMetrics | None = None,
+        api: KubeApi | None = None,
+        executors: ExecutorRegistry | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        """Watched namespaces; ``None`` for all."""
+        self.api = api if api is not None else KubeApi()
+        self.identity = identity or new_identity()
+        self.store = Store(capacity=settings.scheduler_max_concurrent_runs)
+        self.events = EventRecorder(self.api, instance=self.identity)
+        self.leadership = Leadership(
+            self.api,
+            identity=self.identity,
+            namespace=lease_namespace,
+            lease_seconds=settings.claim_lease_seconds,
+            on_change=self._leadership_changed,
+        )
+        self.reconciler = Reconciler(
+            api=self.api,
+            store=self.store,
+            settings=settings,
+            identity=self.identity,
+            events=self.events,
+            membership=self.leadership,
+            executors=executors if executors is not None else default_registry(),
+            clock=clock if clock is not None else WallClock(),
+            metrics=metrics,
+        )
+        self.reconciler.metrics.watch_runs(lambda: list(self.store.runs.values()))
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- watch events (from kopf) ----------------------------------------------------------
+
+    def run_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
+        if not self.store.observe("runs", body, deleted=deleted):
+            return
+        if deleted:
+            self.reconciler.forget(object_key(body))
+        else:
+            self.reconciler.kick(object_key(body))
+
+    def automation_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
+        self.store.observe("automations", body, deleted=deleted)
+        namespace = object_key(body)[0]
+        for key in self.store.runs_in(namespace):
+            if waits_for_admission(self.store.runs[key].phase):
+                self.reconciler.kick(key)
+
+    def endpoint_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
+        self.store.observe("endpoints", body, deleted=deleted)
+
+    def override_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
+        """B7 reacts to an approved override at once; B8 to one that went away."""
+        self.store.observe("overrides", body, deleted=deleted)
+        namespace = object_key(body)[0]
+        for key in self.store.runs_in(namespace):
+            if self.store.runs[key].phase in ("Paused", "Running"):
+                self.reconciler.kick(key)
+
+    # -- start and stop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self.leadership.run(), "leadership")
+        self._spawn(self._ticks(), "lifecycle-ticks")
+        log.info(
+            "Operator started identity=%s lease_namespace=%s",
+            self.identity,
+            self.leadership.namespace,
+        )
+
+    async def stop(self) -> None:
+        await self.reconciler.shutdown()
+        for task in self._background:
+            task.cancel()
+        await self.leadership.release()
+        await self.events.flush()
+        await self.api.aclose()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- leadership ----------------------------------------------------------------------
+
+    async def _leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self._spawn(self._prime_then_reconcile(), "prime-caches")
+        else:
+            self.reconciler.lost_leadership()
+
+    async def _prime_then_reconcile(self) -> None:
+        """List every watched object before acting, then reconcile all runs.
+
+        The watch streams fill the store one event at a time; a new leader that admitted a
+        Queued run before it had seen the Running run holding the same workspace would
+        break the lock. So a leader lists the four kinds first and only then acts.
+        """
+        while self.leadership.is_leader and not self.reconciler.primed:
+            try:
+                for kind in KINDS:
+                    scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
+                    for namespace in scopes:
+                        async for page in self.api.list_pages(
+                            plural=_PLURALS[kind], namespace=namespace
+                        ):
+                            for item in page:
+                                self.store.observe(kind, item)
+            except Exception as exc:
+                log.warning("Listing before acting failed, retrying error=%s", exc)
+                await asyncio.sleep(PRIME_RETRY_SECONDS)
+                continue
+            self.reconciler.primed = True
+        if self.reconciler.primed:
+            for key in list(self.store.runs):
+                self.reconciler.kick(key)
+
+    # -- the lifecycle tick --------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        interval = float(self.settings.lifecycle_timer_interval_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            self.tick()
+
+    def tick(self) -> None:
+        """Kick the runs a time-based rule may act on now (see the module docstring)."""
+        now = self.reconciler.clock.now_ms()
+        due = self.reconciler.due
+        for key, run in list(self.store.runs.items()):
+            if waits_for_admission(run.phase) or holds_workspace(run.phase):
+                self.reconciler.kick(key)
+                continue
+            deadline = due.get(key, 0)
+            if deadline is not None and deadline <= now:
+                self.reconciler.kick(key)

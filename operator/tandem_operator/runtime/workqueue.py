@@ -1,0 +1,104 @@
+"""The work queue: which runs to reconcile, when, and never two reconciles of one run at once.
+
+As controller-runtime's work queue: a key kicked many times before its reconcile starts is
+reconciled once (``kick`` de-duplicates); each key has its own lock, so the reconciles of
+one run are serialised while different runs proceed concurrently; a reconcile that raised
+(the API server unreachable, etcd down) is retried after ``retry_after_failure_ms``; and
+each key has at most one wake-up, the deadline its last decision returned
+(``Decision.requeue_at_ms``), replaced by every new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from tandem_operator.runtime.ports import Clock
+
+log = logging.getLogger(__name__)
+
+RunKey = tuple[str, str]
+Handler = Callable[[RunKey, float], Awaitable[None]]
+"""Reconciles one key; the float is when it was first kicked (monotonic seconds)."""
+
+RETRY_AFTER_FAILURE_MS = 2000
+CLOSE_SECONDS = 5.0
+WAKE_SLACK_SECONDS = 0.05
+"""A wake-up fires this much after its deadline, so the rule finds its time has come."""
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        clock: Clock,
+        retry_after_failure_ms: int = RETRY_AFTER_FAILURE_MS,
+    ) -> None:
+        self._handler = handler
+        self._clock = clock
+        self._retry_ms = retry_after_failure_ms
+        self._pending: set[RunKey] = set()
+        self._locks: dict[RunKey, asyncio.Lock] = {}
+        self._wakeups: dict[RunKey, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.alive: Callable[[RunKey], bool] = lambda key: True
+        """Whether a key still exists (a failed reconcile of a deleted run is not retried)."""
+
+    def kick(self, key: RunKey) -> None:
+        """Reconcile ``key`` soon, once, however many times it is kicked meanwhile."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        self.spawn(self._run(key, self._clock.monotonic()), name=f"reconcile {key[0]}/{key[1]}")
+
+    def lock(self, key: RunKey) -> asyncio.Lock:
+        """The lock that serialises ``key``'s reconciles."""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def wake_at(self, key: RunKey, at_ms: int | None) -> None:
+        """Replace ``key``'s wake-up with one at ``at_ms`` (none for ``None``)."""
+        old = self._wakeups.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if at_ms is None:
+            return
+        delay = max(0.0, (at_ms - self._clock.now_ms()) / 1000) + WAKE_SLACK_SECONDS
+        self._wakeups[key] = asyncio.get_running_loop().call_later(delay, self.kick, key)
+
+    def forget(self, key: RunKey) -> None:
+        """The run is gone: no wake-up, no lock."""
+        self.wake_at(key, None)
+        self._locks.pop(key, None)
+
+    def spawn(self, coro: Awaitable[None], *, name: str) -> None:
+        """Run ``coro`` as a task the queue keeps until it ends (and waits for on close)."""
+
+        async def wrapped() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(wrapped(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: RunKey, kicked_at: float) -> None:
+        self._pending.discard(key)
+        try:
+            await self._handler(key, kicked_at)
+        except Exception:
+            log.exception("Reconcile failed run=%s/%s", *key)
+            if self.alive(key):
+                self.wake_at(key, self._clock.now_ms() + self._retry_ms)
+
+    async def close(self) -> None:
+        """Cancel every wake-up and wait (a bounded while) for reconciles under way."""
+        for handle in self._wakeups.values():
+            handle.cancel()
+        self._wakeups.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_SECONDS)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
