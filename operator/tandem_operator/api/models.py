@@ -97,11 +97,13 @@ class SecretKeyReference(ApiModel):
 
 class Agent(ApiModel):
     agent_id: str = Field(min_length=1, max_length=128)
-    """Id that nodes name in nodes[].agentId; an AgentQuotaOverride for this id covers the run (B7, B8)."""
+    """Id that nodes name in nodes[].agentId; an AgentQuotaOverride for this id covers the run (B7,
+    B8)."""
     display_name: str | None = Field(default=None, max_length=256)
     """Human-readable name of the agent; shown, not acted on."""
     endpoint_ref: LocalObjectReference | None = None
-    """The AgentEndpoint (same namespace) that runs this agent's nodes unless a node sets its own executor."""
+    """The AgentEndpoint (same namespace) that runs this agent's nodes unless a node sets its own
+    executor."""
 
 
 class Workspace(ApiModel):
@@ -115,11 +117,14 @@ class Execution(ApiModel):
     max_parallel_nodes: int = Field(default=1, ge=1, le=16)
     """Node attempts of one run in flight at once."""
     max_total_runtime_seconds: int | None = Field(default=None, ge=1)
-    """Runtime budget in seconds, counted from status.startedAt; exceeding it pauses the run GuardrailStopped (B8)."""
+    """Runtime budget in seconds, counted from status.startedAt; exceeding it pauses the run
+    GuardrailStopped (B8)."""
     max_total_tokens: int | None = Field(default=None, ge=1)
-    """Token budget (prompt plus completion tokens); exceeding it pauses the run GuardrailStopped (B8)."""
+    """Token budget (prompt plus completion tokens); exceeding it pauses the run GuardrailStopped
+    (B8)."""
     max_total_cost_usd: str | None = Field(default=None, pattern=DECIMAL, max_length=32)
-    """Cost budget in US dollars as a decimal string such as 12.50, compared with status.usage.estimatedCostUsd (B8)."""
+    """Cost budget in US dollars as a decimal string such as 12.50, compared with
+    status.usage.estimatedCostUsd (B8)."""
 
 
 class Usage(ApiModel):
@@ -162,7 +167,8 @@ class ApprovalExpiry(ApiModel):
     after_seconds: int = Field(ge=1)
     """Seconds after the gate was requested at which the action applies."""
     action: ExpiryAction
-    """What happens when nobody decided in time: cancel cancels the run, resume approves the gate, remind records approval_gate_reminder_due."""
+    """What happens when nobody decided in time: cancel cancels the run, resume approves the gate,
+    remind records approval_gate_reminder_due."""
 
 
 class Approval(ApiModel):
@@ -175,9 +181,11 @@ class Approval(ApiModel):
     )
     """The decisions this gate accepts; others are rejected with a Warning Event."""
     rework_targets: list[str] = Field(default_factory=list, max_length=MAX_DEPENDS_ON)
-    """Node ids that a rework decision sends back; empty means the gate's dependsOn. Each must be upstream of the gate."""
+    """Node ids that a rework decision sends back; empty means the gate's dependsOn. Each must be
+    upstream of the gate."""
     expiry: ApprovalExpiry | None = None
-    """What happens when nobody decides in time; without it the gate waits and is only marked stale (B4)."""
+    """What happens when nobody decides in time; without it the gate waits and is only marked stale
+    (B4)."""
 
 
 class Node(ApiModel):
@@ -206,11 +214,13 @@ class Node(ApiModel):
     depends_on: list[Annotated[str, Field(max_length=63)]] = Field(
         default_factory=list, max_length=MAX_DEPENDS_ON
     )
-    """Ids of nodes in the same flow that must complete before this node runs; a cycle is refused at admission."""
+    """Ids of nodes in the same flow that must complete before this node runs. A cycle is refused
+    by the admission webhook where it runs, and otherwise fails the run when it is admitted."""
     max_attempts: int = Field(default=3, ge=1, le=10)
     """Attempts before a needs_repair outcome fails the node (B10)."""
     timeout_seconds: int | None = Field(default=None, ge=1)
-    """Node idle timeout in seconds: raises the stale threshold (B5) for this node to timeoutSeconds + 60 s when that is higher."""
+    """Node idle timeout in seconds: raises the stale threshold (B5) for this node to timeoutSeconds
+    + 60 s when that is higher."""
     kind: NodeKind = "Task"
     """Task runs an agent; Approval waits for a decision in spec.gateDecisions (B11)."""
     approval: Approval | None = None
@@ -278,7 +288,8 @@ class GateDecision(ApiModel):
     gate: str = Field(min_length=1, max_length=63)
     """The id of the Approval node this decision is for."""
     decision: GateDecisionValue
-    """approve completes the gate, rework sends its rework targets back, cancel cancels the run (B11)."""
+    """approve completes the gate, rework sends its rework targets back, cancel cancels the run
+    (B11)."""
     reason: str | None = Field(default=None, max_length=4096)
     """Why; copied to the gate history."""
     request_id: str | None = Field(default=None, max_length=253)
@@ -306,13 +317,15 @@ class AutomationRunSpec(ApiModel):
     )
 
     automation_ref: LocalObjectReference | None = None
-    """An Automation in the run's namespace whose spec is the flow; exactly one of automationRef and automation."""
+    """An Automation in the run's namespace whose spec is the flow; exactly one of automationRef and
+    automation."""
     automation: AutomationSpec | None = None
     """The flow, inline; exactly one of automationRef and automation."""
     trigger_type: TriggerType = "manual"
     """What started the run; recorded, not acted on. Runs a schedule creates say scheduled."""
     runtime_context: FreeForm | None = None
-    """Free-form data passed to every node attempt; required when the flow sets requiresRuntimeContext."""
+    """Free-form data passed to every node attempt; required when the flow sets
+    requiresRuntimeContext."""
     execution_profile: Profile | None = None
     """Overrides the flow's execution.profile; recorded, not acted on in this version."""
     desired_state: DesiredState = "Running"
@@ -380,7 +393,8 @@ class GateHistoryEntry(ApiModel):
 
 class LifecycleRecord(ApiModel):
     event: str
-    """Lifecycle event name, such as run_paused (any string is read: an older or newer operator's history)."""
+    """Lifecycle event name, such as run_paused (any string is read: an older or newer operator's
+    history)."""
     recorded_at: Timestamp
     """When the transition happened."""
     reason: str | None = None
@@ -410,7 +424,8 @@ class Checkpoint(ApiModel):
     blocked_nodes: list[str] = Field(default_factory=list)
     """Ids of the nodes that cannot run: behind a waiting gate or a blocked node."""
     node_outputs: dict[str, FreeForm] = Field(default_factory=dict)
-    """Node id to its latest output; each has status completed, needs_repair, failed or blocked, and is capped in size (truncated: true when cut)."""
+    """Node id to its latest output; each has status completed, needs_repair, failed or blocked, and
+    is capped in size (truncated: true when cut)."""
     node_attempts: dict[str, int] = Field(default_factory=dict)
     """Node id to the number of attempts started."""
     node_attempt_verdicts: dict[str, list[FreeForm]] = Field(default_factory=dict)
@@ -455,7 +470,8 @@ class RunUsage(ApiModel):
     total_tokens: int = 0
     """Prompt plus completion tokens (B17)."""
     estimated_cost_usd: str = "0"
-    """Estimated cost in US dollars as a decimal string: total tokens / 1000 x TANDEM_TOKEN_COST_PER_1K_USD (B17)."""
+    """Estimated cost in US dollars as a decimal string: total tokens / 1000 x
+    TANDEM_TOKEN_COST_PER_1K_USD (B17)."""
 
 
 class Scheduler(ApiModel):
@@ -480,7 +496,8 @@ class ExecutionClaim(ApiModel):
 
 class Condition(ApiModel):
     type: str
-    """Condition type: Succeeded, Ready, Reconciling, Stalled or AwaitingApproval for runs; Ready or Stalled for Automations."""
+    """Condition type: Succeeded, Ready, Reconciling, Stalled or AwaitingApproval for runs; Ready or
+    Stalled for Automations."""
     status: ConditionStatus
     """Whether the condition holds."""
     reason: str
@@ -516,7 +533,8 @@ class AutomationRunStatus(ApiModel):
     started_at: Timestamp | None = None
     """When the run was first admitted to Running."""
     finished_at: Timestamp | None = None
-    """When the run became Completed, Blocked, Failed or Cancelled; ttlSecondsAfterFinished counts from here (B20b)."""
+    """When the run became Completed, Blocked, Failed or Cancelled; ttlSecondsAfterFinished counts
+    from here (B20b)."""
     updated_at: Timestamp | None = None
     """When the operator last wrote status."""
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
@@ -561,7 +579,8 @@ class AgentEndpointSpec(ApiModel):
     auth_secret_ref: SecretKeyReference | None = None
     """A Secret key in the same namespace whose value is sent as Authorization: Bearer <value>."""
     timeout_seconds: int = Field(default=300, ge=1, le=86400)
-    """Longest silence in seconds allowed while connecting and between two lines of the stream; total duration is not limited."""
+    """Longest silence in seconds allowed while connecting and between two lines of the stream;
+    total duration is not limited."""
 
 
 class ObservedStatus(ApiModel):
