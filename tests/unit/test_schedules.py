@@ -413,6 +413,20 @@ def test_a_lost_status_write_does_not_create_a_second_run() -> None:
     assert again.status.active_runs == [run.name]
 
 
+def test_a_lost_status_write_under_replace_still_cancels_the_older_runs() -> None:
+    world = World(seen_at(automation(cron="0 * * * *", concurrencyPolicy="Replace"), T0))
+    world.step(ms("2026-11-30T02:00:00Z"))
+    before = world.auto
+    plan = world.plan(ms("2026-11-30T03:00:00Z"))
+    new = ScheduledRun.from_object(plan.create[0])
+    # The run was created, but neither the cancel nor the status write happened.
+    runs = [*world.runs.values(), new]
+    again = plan_schedule(automation=before, runs=runs, now_ms=ms("2026-11-30T03:01:00Z"))
+    assert again.create == ()
+    assert again.cancel == ("nightly-20261130020000",)
+    assert again.status.last_run_name == new.name
+
+
 def test_forbid_skips_a_due_time_while_a_run_is_not_terminal() -> None:
     world = World(seen_at(automation(cron="0 * * * *"), T0))
     world.step(ms("2026-11-30T02:00:00Z"))

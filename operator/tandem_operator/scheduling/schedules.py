@@ -513,60 +513,26 @@ def plan_schedule(
     considered = parse_ms(old.last_considered_time)
     if considered is None:
         considered = now_ms
-    by_due = {r.scheduled_at_ms: r for r in owned if r.scheduled_at_ms is not None}
     active = _active(owned)
-    events: list[ScheduleEvent] = []
-    create: list[dict[str, Any]] = []
-    cancel: list[str] = []
-    last_ms = parse_ms(old.last_schedule_time)
-    last_name = old.last_run_name
-
+    outcome = _DueOutcome()
     latest = latest_due(parsed, after_ms=considered, until_ms=now_ms)
     if latest is not None:
-        existing = by_due.get(latest)
-        older = count_dues(parsed, after_ms=considered, before_ms=latest, limit=MISSED_COUNT_LIMIT)
-        late_ms = now_ms - latest
-        deadline = schedule.starting_deadline_seconds
-        past_deadline = deadline is not None and late_ms > deadline * 1000
-        if existing is not None:
-            # Created by an earlier plan whose status write was lost: it counts as started.
-            last_ms, last_name = latest, existing.name
-            if schedule.concurrency_policy == "Replace":
-                cancel = _to_cancel(active, keep=existing.name)
-        elif schedule.suspend:
-            pass  # starts nothing; the time is behind lastConsideredTime from now on
-        else:
-            missed = older + (1 if past_deadline else 0)
-            if missed:
-                events.append(_missed_event(missed, considered, latest, now_ms, deadline))
-            if past_deadline:
-                pass
-            elif schedule.concurrency_policy == "Forbid" and active:
-                events.append(
-                    ScheduleEvent(
-                        "Normal",
-                        EVENT_SKIPPED,
-                        f"skipped the run due at {format_ms(latest)}: "
-                        f"{_names(active)} not finished (concurrencyPolicy Forbid)",
-                    )
-                )
-            else:
-                manifest = run_manifest(automation, latest)
-                create.append(manifest)
-                last_ms, last_name = latest, manifest["metadata"]["name"]
-                if schedule.concurrency_policy == "Replace":
-                    cancel = _to_cancel(active, keep=last_name)
-                    if cancel:
-                        events.append(
-                            ScheduleEvent(
-                                "Normal",
-                                EVENT_REPLACED,
-                                f"cancelling {', '.join(cancel)} for the run due at "
-                                f"{format_ms(latest)} (concurrencyPolicy Replace)",
-                            )
-                        )
-                active = [*active, _created(manifest, latest, now_ms)]
+        outcome = _act_on_due(
+            latest,
+            automation=automation,
+            parsed=parsed,
+            after_ms=considered,
+            active=active,
+            existing=next((r for r in owned if r.scheduled_at_ms == latest), None),
+            now_ms=now_ms,
+        )
         considered = latest
+        if outcome.run is not None:
+            active = [*active, _created(outcome.run, latest, now_ms)]
+    last_ms, last_name = outcome.started or (
+        parse_ms(old.last_schedule_time),
+        old.last_run_name,
+    )
 
     delete = _beyond_history(
         owned,
@@ -589,12 +555,80 @@ def plan_schedule(
         considered_ms=considered,
     )
     return SchedulePlan(
-        create=tuple(create),
-        cancel=tuple(cancel),
+        create=() if outcome.run is None else (outcome.run,),
+        cancel=outcome.cancel,
         delete=tuple(delete),
-        events=tuple(events),
+        events=outcome.events,
         status=status,
         requeue_at_ms=upcoming,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DueOutcome:
+    """What the latest due time of a plan's window leads to."""
+
+    run: dict[str, Any] | None = None
+    """The manifest to create."""
+    cancel: tuple[str, ...] = ()
+    events: tuple[ScheduleEvent, ...] = ()
+    started: tuple[int, str] | None = None
+    """(due time, run name) of the run for this due time, new or found."""
+
+
+def _act_on_due(
+    due_ms: int,
+    *,
+    automation: ScheduledAutomation,
+    parsed: ParsedSchedule,
+    after_ms: int,
+    active: Sequence[ScheduledRun],
+    existing: ScheduledRun | None,
+    now_ms: int,
+) -> _DueOutcome:
+    """B19a-B19d for the latest due time after ``after_ms``; the earlier ones are missed."""
+    schedule = automation.spec.schedule
+    assert schedule is not None
+    replace = schedule.concurrency_policy == "Replace"
+    if existing is not None:
+        # Created by an earlier plan whose status write was lost: it counts as started.
+        cancel = _to_cancel(active, keep=existing.name) if replace else []
+        return _DueOutcome(cancel=tuple(cancel), started=(due_ms, existing.name))
+    if schedule.suspend:
+        return _DueOutcome()  # starts nothing; the time is behind lastConsideredTime from now on
+    events: list[ScheduleEvent] = []
+    deadline = schedule.starting_deadline_seconds
+    too_late = deadline is not None and now_ms - due_ms > deadline * 1000
+    missed = count_dues(parsed, after_ms=after_ms, before_ms=due_ms, limit=MISSED_COUNT_LIMIT)
+    missed += 1 if too_late else 0
+    if missed:
+        events.append(_missed_event(missed, after_ms, due_ms, now_ms, deadline))
+    if too_late:
+        return _DueOutcome(events=tuple(events))
+    if schedule.concurrency_policy == "Forbid" and active:
+        events.append(
+            ScheduleEvent(
+                "Normal",
+                EVENT_SKIPPED,
+                f"skipped the run due at {format_ms(due_ms)}: "
+                f"{_names(active)} not finished (concurrencyPolicy Forbid)",
+            )
+        )
+        return _DueOutcome(events=tuple(events))
+    manifest = run_manifest(automation, due_ms)
+    name = manifest["metadata"]["name"]
+    cancel = _to_cancel(active, keep=name) if replace else []
+    if cancel:
+        events.append(
+            ScheduleEvent(
+                "Normal",
+                EVENT_REPLACED,
+                f"cancelling {', '.join(cancel)} for the run due at {format_ms(due_ms)} "
+                "(concurrencyPolicy Replace)",
+            )
+        )
+    return _DueOutcome(
+        run=manifest, cancel=tuple(cancel), events=tuple(events), started=(due_ms, name)
     )
 
 
