@@ -45,7 +45,9 @@ FreeForm = Annotated[
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
-Timestamp = Annotated[str, Field(description="RFC 3339 time in UTC with milliseconds")]
+Timestamp = str
+"""RFC 3339 time in UTC with milliseconds (``2026-11-24T01:02:03.456Z``); each field says what
+it is the time of."""
 
 Profile = Literal["Strict", "Guided", "Yolo"]
 DesiredState = Literal["Running", "Paused", "Cancelled"]
