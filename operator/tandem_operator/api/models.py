@@ -676,8 +676,9 @@ class AutomationStatus(ApiModel):
     last_run_name: str | None = None
     """Name of the latest run the schedule created."""
     last_considered_time: Timestamp | None = None
-    """The latest due time the operator has dealt with: started a run for it, or skipped it
-    (Forbid, suspend, a missed deadline). Due times up to this one are never started again."""
+    """The time up to which due times have been dealt with: a run was started for them or they
+    were skipped (Forbid, suspend, a missed deadline). Due times up to it are never started
+    again. Set to the time the schedule was first seen, then moved to each due time."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready (the schedule is in use; False with reason Suspended while suspended) and Stalled
     (True when the schedule cannot be used, such as an invalid cron field or time zone)."""
