@@ -208,6 +208,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.nodes: Invalid value",
     ),
     ("Automation without nodes", _automation(agents=[{"agentId": "a"}]), "spec.nodes: Required"),
+    (
+        "schedule cron with four fields",
+        _automation(nodes=[sim("a")], schedule={"cron": "0 2 * *"}),
+        "spec.schedule.cron",
+    ),
+    (
+        "schedule @every without a unit",
+        _automation(nodes=[sim("a")], schedule={"cron": "@every 10"}),
+        "spec.schedule.cron",
+    ),
+    (
+        "schedule time zone not an IANA name",
+        _automation(nodes=[sim("a")], schedule={"cron": "@daily", "timeZone": "../etc/passwd"}),
+        "spec.schedule.timeZone",
+    ),
+    (
+        "schedule concurrencyPolicy unknown",
+        _automation(nodes=[sim("a")], schedule={"cron": "@daily", "concurrencyPolicy": "Queue"}),
+        "spec.schedule.concurrencyPolicy",
+    ),
+    (
+        "schedule history limit over 100",
+        _automation(nodes=[sim("a")], schedule={"cron": "@daily", "failedRunsHistoryLimit": 101}),
+        "spec.schedule.failedRunsHistoryLimit",
+    ),
+    (
+        "run ttlSecondsAfterFinished negative",
+        _run_with(_set("spec.ttlSecondsAfterFinished", -1)),
+        "spec.ttlSecondsAfterFinished",
+    ),
     # -- AgentEndpoint
     (
         "AgentEndpoint url not http(s)",

@@ -241,6 +241,7 @@ def test_values_reach_the_operator_settings(helm: Path) -> None:
         "settings.lifecycleHistoryLimit": "500",
         "leaseSeconds": "30",
         "shutdownGraceSeconds": "60",
+        "settings.finishedRunTtlSeconds": "604800",
     }
     args = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     args += ["--set-string", "settings.tokenCostPer1kUsd=0.002"]
@@ -258,6 +259,7 @@ def test_values_reach_the_operator_settings(helm: Path) -> None:
         lifecycle_history_limit=500,
         claim_lease_seconds=30,
         shutdown_grace_seconds=60,
+        finished_run_ttl_seconds=604_800,
     )
     assert str(parsed.token_cost_per_1k_usd) == "0.002"
 

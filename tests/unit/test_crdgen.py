@@ -4,11 +4,14 @@
 - Structural schemas: no ``$ref``, ``anyOf``, ``title``; every node typed; unknown fields
   preserved only on the free-form paths listed here (a new one must be added on purpose).
 - What ``kubectl`` users see: printer columns, short names, the ``tandem`` category, the
-  status subresource, and the CEL rules that reject bad input at admission.
+  status subresource, the CEL rules that reject bad input at admission, and a description
+  on every field (``kubectl explain``).
+- The field tables in ``docs/api.md`` are generated from the same models.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from tandem_operator.api.models import GROUP, VERSION, FreeForm
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
 REGENERATE = "PYTHONPATH=operator python3 -m tandem_operator.api.crdgen crds"
+API_DOCS = REPO / "docs" / "api.md"
 
 CRDS: dict[str, dict[str, Any]] = {m["spec"]["names"]["kind"]: m for m in crdgen.all_crds()}
 
@@ -38,7 +42,10 @@ FREE_FORM_PATHS: dict[str, set[str]] = {
         ".status.checkpoint.lifecycleHistory[].metadata",
         ".status.automationSnapshot",
     },
-    "Automation": {".spec.nodes[].executor.simulate.output"},
+    "Automation": {
+        ".spec.nodes[].executor.simulate.output",
+        ".spec.schedule.runTemplate.runtimeContext",
+    },
     "AgentQuotaOverride": set(),
     "AgentEndpoint": set(),
 }
@@ -98,6 +105,38 @@ def test_rendered_files_parse_back_to_the_manifests() -> None:
         assert name == f"{manifest['metadata']['name']}.yaml"
         assert manifest == CRDS[manifest["spec"]["names"]["kind"]]
         assert "&id" not in text, "YAML anchors make CRDs hard to read"
+
+
+def test_committed_api_docs_match_the_models() -> None:
+    committed = API_DOCS.read_text()
+    assert crdgen.render_docs(committed) == committed, (
+        "docs/api.md field tables are out of date with api/models.py; run "
+        "`PYTHONPATH=operator python3 -m tandem_operator.api.crdgen docs`"
+    )
+
+
+def test_api_docs_have_every_field_table() -> None:
+    text = API_DOCS.read_text()
+    for name in crdgen.FIELD_TABLES:
+        assert f"<!-- fields: {name} -->" in text, name
+
+
+def test_the_docs_generator_rewrites_only_marked_tables(tmp_path: Path) -> None:
+    page = tmp_path / "api.md"
+    page.write_text(
+        "# Title\n\nprose\n<!-- fields: Automation.spec.schedule -->\nSTALE\n<!-- end fields -->\ntail\n"
+    )
+    assert crdgen.main(["docs", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Title\n\nprose\n<!-- fields: Automation.spec.schedule -->\n| field |")
+    assert "STALE" not in text
+    assert "| `concurrencyPolicy` | `Allow` \\| `Forbid` \\| `Replace` | `Forbid` |" in text
+    assert text.endswith("<!-- end fields -->\ntail\n")
+
+
+def test_an_unknown_docs_table_is_an_error() -> None:
+    with pytest.raises(crdgen.SchemaError, match="unknown field table 'Nope'"):
+        crdgen.render_docs("<!-- fields: Nope -->\n<!-- end fields -->\n")
 
 
 def test_the_generator_writes_every_file(tmp_path: Path) -> None:
@@ -209,7 +248,16 @@ def test_names_category_scope_and_status_subresource(kind: str) -> None:
 
 COLUMNS = {
     "AutomationRun": ["Phase", "Nodes", "Detail", "Stop", "Age"],
-    "Automation": ["Creator", "Description", "Age"],
+    "Automation": [
+        "Schedule",
+        "Suspend",
+        "Active",
+        "Last Schedule",
+        "Next Schedule",
+        "Creator",
+        "Description",
+        "Age",
+    ],
     "AgentQuotaOverride": ["Agent", "Approved", "Expires", "Age"],
     "AgentEndpoint": ["URL", "Age"],
 }
@@ -225,6 +273,9 @@ def test_printer_columns_point_at_real_fields(kind: str) -> None:
             assert column["type"] == "date"
             continue
         field = at(kind, path)
+        if column["type"] == "date":
+            assert field["type"] == "string", f"{kind} column {column['name']}"
+            continue
         wanted = {"string": "string", "boolean": "boolean", "integer": "integer"}[field["type"]]
         assert column["type"] == wanted, f"{kind} column {column['name']}"
 
@@ -263,6 +314,112 @@ def test_cel_rules_guard_the_run_spec() -> None:
         assert rules(kind, f"{prefix}.nodes[].executor") == [
             "has(self.endpointRef) != has(self.simulate)"
         ]
+
+
+@pytest.mark.parametrize("kind", sorted(CRDS))
+def test_every_field_has_a_description(kind: str) -> None:
+    # What `kubectl explain <kind>.<path>` prints; a field without one explains nothing.
+    missing = [
+        f"{kind}{path}.{name}"
+        for path, node in walk(root_schema(kind))
+        for name, sub in node.get("properties", {}).items()
+        if not str(sub.get("description", "")).strip()
+    ]
+    assert missing == []
+    assert root_schema(kind)["description"].startswith(f"{kind}: ")
+
+
+def test_descriptions_carry_what_the_schema_says() -> None:
+    attempts = at("AutomationRun", ".spec.automation.nodes[].maxAttempts")["description"]
+    assert attempts.endswith("From 1 to 10. Default: 3.")
+    policy = at("Automation", ".spec.schedule.concurrencyPolicy")["description"]
+    assert "Forbid skips the due time" in policy
+    assert policy.endswith("One of: Allow, Forbid, Replace. Default: Forbid.")
+    approval = at("AutomationRun", ".spec.automation.nodes[].approval")["description"]
+    assert approval == "The approval gate's settings; only on nodes of kind Approval."
+    assert "\n" not in at("Automation", ".spec.schedule.cron")["description"]
+    # Status drops defaults, so its descriptions do not claim one.
+    assert "Default" not in at("Automation", ".status.activeRunCount")["description"]
+
+
+def test_schedule_schema() -> None:
+    schedule = at("Automation", ".spec.schedule")
+    assert schedule["required"] == ["cron"]
+    props = schedule["properties"]
+    assert props["concurrencyPolicy"]["enum"] == ["Allow", "Forbid", "Replace"]
+    assert props["concurrencyPolicy"]["default"] == "Forbid"
+    assert props["timeZone"]["default"] == "UTC"
+    assert props["suspend"]["default"] is False
+    assert props["successfulRunsHistoryLimit"]["default"] == 3
+    assert props["failedRunsHistoryLimit"]["default"] == 1
+    assert (
+        props["successfulRunsHistoryLimit"]["minimum"],
+        props["failedRunsHistoryLimit"]["minimum"],
+    ) == (0, 0)
+    assert props["startingDeadlineSeconds"]["minimum"] == 1
+    assert "pattern" in props["cron"]
+    assert "pattern" in props["timeZone"]
+    ttl = at("AutomationRun", ".spec.ttlSecondsAfterFinished")
+    assert (ttl["type"], ttl["minimum"]) == ("integer", 0)
+    assert "default" not in ttl
+    # The schedule belongs to the Automation kind, not to a run's inline flow.
+    assert "schedule" not in at("AutomationRun", ".spec.automation")["properties"]
+    status = at("Automation", ".status")["properties"]
+    assert {
+        "lastScheduleTime",
+        "nextScheduleTime",
+        "activeRuns",
+        "lastRunName",
+        "conditions",
+        "observedGeneration",
+    } <= set(status)
+    assert status["activeRuns"]["items"]["type"] == "string"
+
+
+@pytest.mark.parametrize(
+    ("cron", "valid"),
+    [
+        ("0 2 * * *", True),
+        ("*/15 9-17 * * MON-FRI", True),
+        ("0  2 * * *", True),
+        ("@hourly", True),
+        ("@daily", True),
+        ("@weekly", True),
+        ("@monthly", True),
+        ("@every 30s", True),
+        ("@every 5m", True),
+        ("@every 2h", True),
+        ("@every 0s", False),
+        ("@every 5d", False),
+        ("@every 1h30m", False),
+        ("@yearly", False),
+        ("0 2 * *", False),
+        ("0 0 2 * * *", False),
+        ("", False),
+        ("0 2 * * * ; rm", False),
+    ],
+)
+def test_the_cron_pattern(cron: str, valid: bool) -> None:
+    pattern = at("Automation", ".spec.schedule.cron")["pattern"]
+    assert (re.fullmatch(pattern, cron) is not None) is valid
+
+
+@pytest.mark.parametrize(
+    ("zone", "valid"),
+    [
+        ("UTC", True),
+        ("Europe/Berlin", True),
+        ("America/Argentina/Buenos_Aires", True),
+        ("Etc/GMT+5", True),
+        ("", False),
+        ("/etc/passwd", False),
+        ("Europe/../UTC", False),
+        ("Europe Berlin", False),
+    ],
+)
+def test_the_time_zone_pattern(zone: str, valid: bool) -> None:
+    pattern = at("Automation", ".spec.schedule.timeZone")["pattern"]
+    assert (re.fullmatch(pattern, zone) is not None) is valid
 
 
 def test_every_cel_rule_has_a_message() -> None:

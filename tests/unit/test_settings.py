@@ -106,3 +106,22 @@ def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.stale_running_ms == 3000
     assert settings.restart_recovery == "requeue"
     assert settings.stale_auto_resume_disabled is False
+
+
+# B20b: unlike the others, the finished-run TTL has no number for a default: unset keeps runs.
+
+
+def test_finished_run_ttl_is_unset_by_default() -> None:
+    assert Settings.from_env({}).finished_run_ttl_seconds is None
+
+
+@pytest.mark.parametrize(("raw", "ttl"), [("86400", 86_400), (" 60 ", 60), ("1", 1)])
+def test_a_positive_finished_run_ttl_is_taken(raw: str, ttl: int) -> None:
+    settings = Settings.from_env({"TANDEM_FINISHED_RUN_TTL_SECONDS": raw})
+    assert settings.finished_run_ttl_seconds == ttl
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "abc", "1.5", "1d", "0", "-1"])
+def test_an_unusable_finished_run_ttl_keeps_finished_runs(raw: str) -> None:
+    settings = Settings.from_env({"TANDEM_FINISHED_RUN_TTL_SECONDS": raw})
+    assert settings.finished_run_ttl_seconds is None

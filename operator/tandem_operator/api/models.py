@@ -12,6 +12,11 @@ CRD schema so that ``kubectl apply`` rejects bad input before the operator sees 
 
 Free-form objects (node outputs, runtime context, metadata) are typed ``FreeForm``; the
 generator marks them, and only them, with ``x-kubernetes-preserve-unknown-fields``.
+
+Every field has a description: the docstring line under it (``use_attribute_docstrings``)
+or ``Field(description=...)``. It is what ``kubectl explain`` shows and what the field
+tables in ``docs/api.md`` say, so it gives the meaning and units; the generator adds the
+default, range, length, pattern and allowed values from the schema itself.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ FreeForm = Annotated[
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
-Timestamp = Annotated[str, Field(description="RFC 3339 time in UTC with milliseconds")]
+Timestamp = str
+"""RFC 3339 time in UTC with milliseconds (``2026-11-24T01:02:03.456Z``); each field says what
+it is the time of."""
 
 Profile = Literal["Strict", "Guided", "Yolo"]
 DesiredState = Literal["Running", "Paused", "Cancelled"]
@@ -56,6 +63,8 @@ MAX_NODES = 100
 MAX_DEPENDS_ON = 16
 MAX_AGENTS = 32
 MAX_GATE_DECISIONS = 256
+MAX_TTL_SECONDS = 31_536_000
+"""One year: the longest time to live a run or the history settings can ask for."""
 
 
 class ApiModel(BaseModel):
@@ -65,6 +74,7 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     def to_api(self) -> dict[str, Any]:
@@ -77,41 +87,64 @@ class ApiModel(BaseModel):
 
 class LocalObjectReference(ApiModel):
     name: str = Field(min_length=1, max_length=253)
+    """Name of the object, in the same namespace."""
 
 
 class SecretKeyReference(ApiModel):
     name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret, in the same namespace."""
     key: str = Field(min_length=1, max_length=253)
+    """Key in the Secret's data whose value is used."""
 
 
 class Agent(ApiModel):
     agent_id: str = Field(min_length=1, max_length=128)
+    """Id that nodes name in nodes[].agentId; an AgentQuotaOverride for this id covers the run (B7,
+    B8)."""
     display_name: str | None = Field(default=None, max_length=256)
+    """Human-readable name of the agent; shown, not acted on."""
     endpoint_ref: LocalObjectReference | None = None
+    """The AgentEndpoint (same namespace) that runs this agent's nodes unless a node sets its own
+    executor."""
 
 
 class Workspace(ApiModel):
     root: str = Field(min_length=1, max_length=1024)
+    """Workspace-lock key: runs with the same root never run at the same time (B9)."""
 
 
 class Execution(ApiModel):
     profile: Profile = "Strict"
+    """Execution profile, recorded in the run; not acted on in this version."""
     max_parallel_nodes: int = Field(default=1, ge=1, le=16)
+    """Node attempts of one run in flight at once."""
     max_total_runtime_seconds: int | None = Field(default=None, ge=1)
+    """Runtime budget in seconds, counted from status.startedAt; exceeding it pauses the run
+    GuardrailStopped (B8)."""
     max_total_tokens: int | None = Field(default=None, ge=1)
+    """Token budget (prompt plus completion tokens); exceeding it pauses the run GuardrailStopped
+    (B8)."""
     max_total_cost_usd: str | None = Field(default=None, pattern=DECIMAL, max_length=32)
+    """Cost budget in US dollars as a decimal string such as 12.50, compared with
+    status.usage.estimatedCostUsd (B8)."""
 
 
 class Usage(ApiModel):
     prompt_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens the simulated attempt reports."""
     completion_tokens: int = Field(default=0, ge=0)
+    """Completion tokens the simulated attempt reports."""
 
 
 class Simulate(ApiModel):
     outcome: SimulateOutcome = "completed"
+    """Result of every simulated attempt; stall never reports and is reaped as stale (B5)."""
     after_seconds: float = Field(default=0, ge=0, le=86400)
+    """Seconds the simulated attempt takes before it reports."""
     output: FreeForm | None = None
+    """The node output the simulated attempt reports (free-form object)."""
     usage: Usage | None = None
+    """Token usage the simulated attempt reports."""
 
 
 class Executor(ApiModel):
@@ -127,22 +160,34 @@ class Executor(ApiModel):
     )
 
     endpoint_ref: LocalObjectReference | None = None
+    """An AgentEndpoint in the same namespace that runs the node's attempts."""
     simulate: Simulate | None = None
+    """A deterministic stand-in for an agent, for tests, demos and dry runs."""
 
 
 class ApprovalExpiry(ApiModel):
     after_seconds: int = Field(ge=1)
+    """Seconds after the gate was requested at which the action applies."""
     action: ExpiryAction
+    """What happens when nobody decided in time: cancel cancels the run, resume approves the gate,
+    remind records approval_gate_reminder_due."""
 
 
 class Approval(ApiModel):
     title: str | None = Field(default=None, max_length=256)
+    """Title shown in status.checkpoint.awaitingGate."""
     instructions: str | None = Field(default=None, max_length=4096)
+    """Instructions for the approver, shown in status.checkpoint.awaitingGate."""
     decisions: list[GateDecisionValue] = Field(
         default_factory=lambda: list(ALL_DECISIONS), max_length=3
     )
+    """The decisions this gate accepts; others are rejected with a Warning Event."""
     rework_targets: list[str] = Field(default_factory=list, max_length=MAX_DEPENDS_ON)
+    """Node ids that a rework decision sends back; empty means the gate's dependsOn. Each must be
+    upstream of the gate."""
     expiry: ApprovalExpiry | None = None
+    """What happens when nobody decides in time; without it the gate waits and is only marked stale
+    (B4)."""
 
 
 class Node(ApiModel):
@@ -159,7 +204,9 @@ class Node(ApiModel):
     )
 
     id: str = Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Node id: a DNS-1123 label, unique in the flow."""
     agent_id: str | None = Field(default=None, max_length=128)
+    """The agent that runs this node; must name an agent in agents[]."""
     objective: str | None = Field(
         default=None,
         max_length=4096,
@@ -169,11 +216,19 @@ class Node(ApiModel):
     depends_on: list[Annotated[str, Field(max_length=63)]] = Field(
         default_factory=list, max_length=MAX_DEPENDS_ON
     )
+    """Ids of nodes in the same flow that must complete before this node runs. A cycle is refused
+    by the admission webhook where it runs, and otherwise fails the run when it is admitted."""
     max_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts before a needs_repair outcome fails the node (B10)."""
     timeout_seconds: int | None = Field(default=None, ge=1)
+    """Node idle timeout in seconds: raises the stale threshold (B5) for this node to timeoutSeconds
+    + 60 s when that is higher."""
     kind: NodeKind = "Task"
+    """Task runs an agent; Approval waits for a decision in spec.gateDecisions (B11)."""
     approval: Approval | None = None
+    """The approval gate's settings; only on nodes of kind Approval."""
     executor: Executor | None = None
+    """Who runs the node's attempts; set exactly one field. Without it, the agent's endpointRef."""
 
 
 class AutomationSpec(ApiModel):
@@ -211,23 +266,36 @@ class AutomationSpec(ApiModel):
     )
 
     description: str | None = Field(default=None, max_length=4096)
+    """What the flow does, for people."""
     creator_id: str | None = Field(default=None, max_length=256)
+    """Who owns the flow; an AgentQuotaOverride for this id covers the run (B7, B8)."""
     agents: list[Agent] = Field(default_factory=list, max_length=MAX_AGENTS)
+    """The agents the nodes may name."""
     workspace: Workspace | None = None
+    """The workspace the flow works in; its root is the workspace-lock key (B9)."""
     execution: Execution = Field(default_factory=Execution)
+    """Execution profile, parallelism and budgets of a run of this flow."""
     requires_runtime_context: bool = False
+    """When true, a run without spec.runtimeContext fails at admission (B9)."""
     nodes: list[Node] = Field(min_length=1, max_length=MAX_NODES)
+    """The nodes of the flow, a directed acyclic graph through dependsOn."""
 
 
 class Recover(ApiModel):
     request_id: str = Field(min_length=1, max_length=253)
+    """Each new value asks for one recover of a Failed, Paused or Blocked run (B14)."""
 
 
 class GateDecision(ApiModel):
     gate: str = Field(min_length=1, max_length=63)
+    """The id of the Approval node this decision is for."""
     decision: GateDecisionValue
+    """approve completes the gate, rework sends its rework targets back, cancel cancels the run
+    (B11)."""
     reason: str | None = Field(default=None, max_length=4096)
+    """Why; copied to the gate history."""
     request_id: str | None = Field(default=None, max_length=253)
+    """Makes the decision idempotent: an id is applied once."""
     decided_by: str | None = Field(
         default=None,
         max_length=253,
@@ -237,6 +305,8 @@ class GateDecision(ApiModel):
 
 
 class AutomationRunSpec(ApiModel):
+    """One run of a flow: what the user wants of it (the operator writes status, never spec)."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -249,13 +319,23 @@ class AutomationRunSpec(ApiModel):
     )
 
     automation_ref: LocalObjectReference | None = None
+    """An Automation in the run's namespace whose spec is the flow; exactly one of automationRef and
+    automation."""
     automation: AutomationSpec | None = None
+    """The flow, inline; exactly one of automationRef and automation."""
     trigger_type: TriggerType = "manual"
+    """What started the run; recorded, not acted on. Runs a schedule creates say scheduled."""
     runtime_context: FreeForm | None = None
+    """Free-form data passed to every node attempt; required when the flow sets
+    requiresRuntimeContext."""
     execution_profile: Profile | None = None
+    """Overrides the flow's execution.profile; recorded, not acted on in this version."""
     desired_state: DesiredState = "Running"
+    """What the run should do; the operator acts on the current value (B12, B13), not on changes."""
     pause_reason: str | None = Field(default=None, max_length=1024)
+    """Copied to status.pauseReason when the run pauses at the user's request."""
     recover: Recover | None = None
+    """Asks for one recover (B14) with each new requestId."""
     gate_decisions: list[GateDecision] = Field(
         default_factory=list,
         max_length=MAX_GATE_DECISIONS,
@@ -269,6 +349,11 @@ class AutomationRunSpec(ApiModel):
             ]
         },
     )
+    """Decisions at approval gates, append-only: recorded entries cannot be changed or removed."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=MAX_TTL_SECONDS)
+    """Seconds after status.finishedAt at which the operator deletes the finished run (B20b);
+    0 deletes it at once. Without it, TANDEM_FINISHED_RUN_TTL_SECONDS applies, and when that
+    is unset too the run is kept."""
 
 
 # --------------------------------------------------------------------------- status
@@ -276,52 +361,87 @@ class AutomationRunSpec(ApiModel):
 
 class AwaitingGate(ApiModel):
     node_id: str
+    """The Approval node that waits."""
     title: str | None = None
+    """The gate's title, from the flow."""
     instructions: str | None = None
+    """The gate's instructions, from the flow."""
     decisions: list[str] = Field(default_factory=list)
+    """The decisions the gate accepts."""
     rework_targets: list[str] = Field(default_factory=list)
+    """The nodes a rework decision sends back."""
     requested_at: Timestamp | None = None
+    """When the gate started waiting."""
     metadata: FreeForm | None = None
+    """Operator notes on the gate, such as stale: true and when it was marked (B4)."""
 
 
 class GateHistoryEntry(ApiModel):
     node_id: str
+    """The Approval node decided."""
     decision: str
+    """approve, rework or cancel."""
     reason: str | None = None
+    """The reason given with the decision."""
     decided_at: Timestamp | None = None
+    """When the operator applied the decision."""
     decided_by: str | None = None
+    """Who decided: the authenticated user, or system:expiry for an expiry action."""
     request_id: str | None = None
+    """The decision's requestId, if it had one."""
     metadata: FreeForm | None = None
+    """Operator notes on the decision."""
 
 
 class LifecycleRecord(ApiModel):
     event: str
-    """A ``LifecycleEvent``; any string is read (an older or newer operator's history)."""
+    """Lifecycle event name, such as run_paused (any string is read: an older or newer operator's
+    history)."""
     recorded_at: Timestamp
+    """When the transition happened."""
     reason: str | None = None
+    """Why, in words or as a reason code."""
     stop_kind: StopKind | None = None
+    """The run's stop kind after the transition, if it stopped."""
     metadata: FreeForm | None = None
+    """Details of the transition, such as the budget or window involved."""
 
 
 class LastFailure(ApiModel):
     node_id: str | None = None
+    """The node that failed, or runtime_context for a missing runtime context."""
     reason: str | None = None
+    """What went wrong, in words."""
     failed_at: Timestamp | None = None
+    """When the failure was recorded."""
     failure_kind: str | None = None
+    """A short code for the kind of failure."""
 
 
 class Checkpoint(ApiModel):
     completed_nodes: list[str] = Field(default_factory=list)
+    """Ids of the nodes that completed."""
     pending_nodes: list[str] = Field(default_factory=list)
+    """Ids of the nodes not yet completed."""
     blocked_nodes: list[str] = Field(default_factory=list)
+    """Ids of the nodes that cannot run: behind a waiting gate or a blocked node."""
     node_outputs: dict[str, FreeForm] = Field(default_factory=dict)
+    """Node id to its latest output; each has status completed, needs_repair, failed or blocked, and
+    is capped in size (truncated: true when cut)."""
     node_attempts: dict[str, int] = Field(default_factory=dict)
+    """Node id to the number of attempts started."""
     node_attempt_verdicts: dict[str, list[FreeForm]] = Field(default_factory=dict)
+    """Node id to the outcome of each attempt, newest last (bounded)."""
     awaiting_gate: AwaitingGate | None = None
+    """The gate that waits for a decision, while the run is AwaitingApproval."""
     gate_history: list[GateHistoryEntry] = Field(default_factory=list)
+    """Every gate decision applied, including those made by expiry."""
     lifecycle_history: list[LifecycleRecord] = Field(default_factory=list)
+    """Lifecycle records, newest last, bounded by TANDEM_LIFECYCLE_HISTORY_LIMIT and 48 KiB."""
     last_failure: LastFailure | None = None
+    """The failure that ended the run."""
     last_activity_at: Timestamp | None = None
+    """The last executor activity known to status (B5)."""
     last_stale_reap_at: Timestamp | None = Field(
         default=None, description="When the run was last stale-reaped (B5), kept past trimming"
     )
@@ -335,6 +455,7 @@ class Checkpoint(ApiModel):
 
 class Counters(ApiModel):
     auto_resumes: int = 0
+    """Automatic resumes after stale reaps (B6); kept when history is trimmed."""
     lifecycle_records: int = Field(
         default=0, description="Lifecycle records ever written, including trimmed ones"
     )
@@ -345,74 +466,219 @@ class Counters(ApiModel):
 
 class RunUsage(ApiModel):
     prompt_tokens: int = 0
+    """Prompt tokens summed over all attempts (B17)."""
     completion_tokens: int = 0
+    """Completion tokens summed over all attempts (B17)."""
     total_tokens: int = 0
+    """Prompt plus completion tokens (B17)."""
     estimated_cost_usd: str = "0"
+    """Estimated cost in US dollars as a decimal string: total tokens / 1000 x
+    TANDEM_TOKEN_COST_PER_1K_USD (B17)."""
 
 
 class Scheduler(ApiModel):
     queue_reason: QueueReason | None = None
+    """Why the run waits: capacity, workspace_lock, retry_backoff (rate_limit is reserved)."""
     queued_at: Timestamp | None = None
+    """When the run was queued."""
     retry_after: Timestamp | None = None
+    """When a run in retry back-off may try again."""
 
 
 class ExecutionClaim(ApiModel):
     claimant: str
+    """The operator instance that executes the run."""
     claimed_at: Timestamp | None = None
+    """When the claim was taken."""
     lease_expires_at: Timestamp | None = None
+    """When the claim lapses unless renewed; a run whose claim lapsed is orphaned (B1)."""
     epoch: int = 0
+    """Increases with each new claim on the run."""
 
 
 class Condition(ApiModel):
     type: str
+    """Condition type: Succeeded, Ready, Reconciling, Stalled or AwaitingApproval for runs; Ready or
+    Stalled for Automations."""
     status: ConditionStatus
+    """Whether the condition holds."""
     reason: str
+    """A CamelCase code for the condition's last transition."""
     message: str = ""
+    """The reason in words."""
     last_transition_time: Timestamp
+    """When status last changed."""
     observed_generation: int | None = None
+    """The metadata.generation the condition was set from."""
 
 
 class AutomationRunStatus(ApiModel):
+    """The run's checkpoint, written by the operator; honoured after a restart."""
+
     phase: Phase | None = None
+    """Where the run is in its life; Completed, Blocked, Failed and Cancelled are terminal."""
     observed_generation: int | None = None
+    """The metadata.generation the operator last acted on."""
     detail: str | None = None
+    """What is happening now, in words."""
     progress: str | None = Field(default=None, description="Completed nodes / all nodes")
     pause_reason: str | None = None
+    """Why the run paused last."""
     resume_reason: str | None = None
+    """Why the run resumed last."""
     stop_kind: StopKind | None = None
+    """Why the run stopped, if it did."""
     stop_reason: str | None = None
+    """Why the run stopped, in words."""
     created_at: Timestamp | None = None
+    """When the operator first saw the run."""
     started_at: Timestamp | None = None
+    """When the run was first admitted to Running."""
     finished_at: Timestamp | None = None
+    """When the run became Completed, Blocked, Failed or Cancelled; ttlSecondsAfterFinished counts
+    from here (B20b)."""
     updated_at: Timestamp | None = None
+    """When the operator last wrote status."""
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    """The run's progress through its flow: what the operator resumes from after a restart."""
     counters: Counters = Field(default_factory=Counters)
+    """Counts kept when lifecycleHistory is trimmed."""
     usage: RunUsage = Field(default_factory=RunUsage)
+    """Token usage and estimated cost, summed over all attempts (B17)."""
     scheduler: Scheduler | None = None
+    """Why the run waits; only while Queued."""
     execution_claim: ExecutionClaim | None = None
+    """Which operator instance executes the run; only while Running or Pausing."""
     automation_snapshot: FreeForm | None = None
+    """The flow as admitted; the run executes this copy, unaffected by later edits."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Succeeded, Ready, Reconciling, Stalled and AwaitingApproval."""
 
 
 # --------------------------------------------------------------------------- other kinds
 
 
 class AgentQuotaOverrideSpec(ApiModel):
+    """Approval for an agent or a flow's creator to exceed the budgets of their runs."""
+
     agent_id: str = Field(min_length=1, max_length=128)
+    """An agent id, or a flow's creatorId, that the override covers."""
     approved: bool = False
+    """Only approved overrides count (B7, B8)."""
     approved_by: str | None = Field(default=None, max_length=256)
+    """Who approved, for the audit trail."""
     reason: str | None = Field(default=None, max_length=4096)
+    """Why, for the audit trail."""
     expires_at: Timestamp | None = None
+    """The override stops counting after this time."""
 
 
 class AgentEndpointSpec(ApiModel):
+    """An HTTP agent engine that executes nodes (see the agent endpoint protocol)."""
+
     url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    """Where attempts are POSTed."""
     auth_secret_ref: SecretKeyReference | None = None
+    """A Secret key in the same namespace whose value is sent as Authorization: Bearer <value>."""
     timeout_seconds: int = Field(default=300, ge=1, le=86400)
+    """Longest silence in seconds allowed while connecting and between two lines of the stream;
+    total duration is not limited."""
 
 
 class ObservedStatus(ApiModel):
     """Status of the kinds the operator only reads."""
 
     observed_generation: int | None = None
+    """The metadata.generation the operator last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Conditions of the object."""
+
+
+# --------------------------------------------------------------------------- schedules (§9)
+
+CRON = (
+    r"^(@(hourly|daily|weekly|monthly)|@every [1-9][0-9]{0,5}[smh]"
+    r"|[0-9A-Za-z*,/?#-]+( +[0-9A-Za-z*,/?#-]+){4})$"
+)
+"""Five cron fields, a shorthand, or ``@every <n>s|m|h``; field ranges are checked in Python."""
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+"""The shape of an IANA zone name; whether the zone exists is checked in Python."""
+ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace"]
+MAX_HISTORY_LIMIT = 100
+LabelMap = Annotated[dict[str, str], Field(max_length=64)]
+
+
+class RunTemplate(ApiModel):
+    """What every run the schedule creates carries, besides what the operator sets."""
+
+    labels: LabelMap | None = None
+    """Labels for each run; automation.tandem.dev/automation is always set by the operator."""
+    annotations: LabelMap | None = None
+    """Annotations for each run; automation.tandem.dev/scheduled-at is always set by the
+    operator."""
+    runtime_context: FreeForm | None = None
+    """spec.runtimeContext of each run: free-form data passed to every node attempt."""
+
+
+class Schedule(ApiModel):
+    """When an Automation runs by itself: one AutomationRun per due time (B19a)."""
+
+    cron: str = Field(min_length=1, max_length=128, pattern=CRON)
+    """When runs are due: five cron fields (minute hour day-of-month month day-of-week) read
+    in timeZone, one of @hourly @daily @weekly @monthly, or @every <n>s|m|h for a fixed
+    interval counted from the Unix epoch. Field ranges are checked by the operator, which
+    reports a schedule it cannot use as Stalled."""
+    time_zone: str = Field(default="UTC", min_length=1, max_length=64, pattern=TIME_ZONE)
+    """IANA time zone name (such as Europe/Berlin) the cron fields are read in. A local time
+    that does not exist (clocks go forward) is skipped; a local time that occurs twice
+    (clocks go back) runs once, at its first occurrence."""
+    concurrency_policy: ConcurrencyPolicy = "Forbid"
+    """What a due time does while a run of the schedule is not terminal: Allow starts another
+    run, Forbid skips the due time (Event ScheduleSkipped), Replace cancels the running ones
+    (desiredState Cancelled) and starts the new one (B19c)."""
+    starting_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    """A due time missed by more than this many seconds (the operator was down) is skipped;
+    without it, the latest missed time starts however late (B19d)."""
+    suspend: bool = False
+    """When true the schedule starts nothing, and the times it misses are not caught up later;
+    runs already started go on."""
+    successful_runs_history_limit: int = Field(default=3, ge=0, le=MAX_HISTORY_LIMIT)
+    """Completed runs of the schedule to keep; older ones are deleted (B20a)."""
+    failed_runs_history_limit: int = Field(default=1, ge=0, le=MAX_HISTORY_LIMIT)
+    """Failed, Blocked and Cancelled runs of the schedule to keep; older ones are deleted
+    (B20a)."""
+    run_template: RunTemplate | None = None
+    """Labels, annotations and runtime context for the runs the schedule creates."""
+
+
+class AutomationResourceSpec(AutomationSpec):
+    """A reusable flow of agent nodes; runs reference it by name, and a schedule starts runs of
+    it by itself."""
+
+    schedule: Schedule | None = None
+    """Starts runs of this Automation on a cron schedule; without it, runs are started by
+    creating AutomationRuns that reference it."""
+
+
+class AutomationStatus(ApiModel):
+    """What the operator knows of an Automation's schedule (B19b)."""
+
+    observed_generation: int | None = None
+    """The metadata.generation the operator last acted on."""
+    last_schedule_time: Timestamp | None = None
+    """The due time of the latest run the schedule created."""
+    next_schedule_time: Timestamp | None = None
+    """The next due time; unset while suspended or when the schedule cannot be used."""
+    active_runs: list[str] = Field(default_factory=list)
+    """Names of the schedule's runs that are not terminal, oldest first."""
+    active_run_count: int = 0
+    """How many runs of the schedule are not terminal (the length of activeRuns)."""
+    last_run_name: str | None = None
+    """Name of the latest run the schedule created."""
+    last_considered_time: Timestamp | None = None
+    """The time up to which due times have been dealt with: a run was started for them or they
+    were skipped (Forbid, suspend, a missed deadline). Due times up to it are never started
+    again. Set to the time the schedule was first seen, then moved to each due time."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready (the schedule is in use; False with reason Suspended while suspended) and Stalled
+    (True when the schedule cannot be used, such as an invalid cron field or time zone)."""

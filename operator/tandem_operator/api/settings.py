@@ -37,6 +37,9 @@ class Settings:
     """How long an operator's Lease (and so its execution claims) lives without renewal."""
     shutdown_grace_seconds: int = 20
     """B15: how long in-flight attempts may run on after a graceful shutdown begins."""
+    finished_run_ttl_seconds: int | None = None
+    """B20b: seconds a finished run is kept when its spec sets no ttlSecondsAfterFinished;
+    ``None`` (unset) keeps finished runs."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,12 +47,16 @@ class Settings:
         defaults = cls()
 
         def positive(name: str, default: int) -> int:
+            value = optional_positive(name)
+            return default if value is None else value
+
+        def optional_positive(name: str) -> int | None:
             raw = env.get(name, "").strip()
             try:
                 value = int(raw)
             except ValueError:
-                return default
-            return value if value > 0 else default
+                return None
+            return value if value > 0 else None
 
         recovery = env.get("TANDEM_RESTART_RECOVERY", "").strip() or defaults.restart_recovery
         if recovery not in ("fail", "requeue"):
@@ -93,4 +100,5 @@ class Settings:
             shutdown_grace_seconds=positive(
                 "TANDEM_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
             ),
+            finished_run_ttl_seconds=optional_positive("TANDEM_FINISHED_RUN_TTL_SECONDS"),
         )
