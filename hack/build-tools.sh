@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Build (or reuse) kube-apiserver, etcd, kubectl and helm from the pinned Go modules in
-# hack/tools, into a cache outside the repository. Prints the binary directory last.
+# Build (or reuse) etcd, kube-apiserver, kubectl, helm, kube-scheduler and
+# kube-controller-manager from the pinned Go modules in hack/tools, into a cache outside the
+# repository, and kwok through hack/build-kwok.sh. Prints the binary directory last.
+#   hack/build-tools.sh [NAME...]   only these binaries (default: all of them); a later call
+#                                   builds only what is missing, so adding a binary here
+#                                   never rebuilds the others.
 #   TANDEM_TOOLS_DIR overrides the directory; nothing is rebuilt when a binary exists.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,8 +41,22 @@ build() {  # name package [extra ldflags]
   echo "build-tools: built $name in $((SECONDS - start))s" >&2
 }
 
-build etcd go.etcd.io/etcd/server/v3
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
-build kubectl k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
-build helm helm.sh/helm/v3/cmd/helm "$helm_ldflags"
+all=(etcd kube-apiserver kubectl helm kube-scheduler kube-controller-manager kwok)
+wanted=("$@")
+[[ ${#wanted[@]} -gt 0 ]] || wanted=("${all[@]}")
+for name in "${wanted[@]}"; do
+  case "$name" in
+    etcd) build etcd go.etcd.io/etcd/server/v3 ;;
+    kube-apiserver) build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags" ;;
+    kubectl) build kubectl k8s.io/kubernetes/cmd/kubectl "$kube_ldflags" ;;
+    helm) build helm helm.sh/helm/v3/cmd/helm "$helm_ldflags" ;;
+    kube-scheduler) build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags" ;;
+    kube-controller-manager)
+      build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags" ;;
+    # kwok has its own module, Go version and cache directory (hack/build-kwok.sh): only its
+    # progress goes to stderr, so the last line on stdout stays this directory.
+    kwok) "$here/build-kwok.sh" >&2 ;;
+    *) echo "build-tools: unknown binary '$name' (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+done
 echo "$bin"

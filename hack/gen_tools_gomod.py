@@ -19,6 +19,8 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent / "tools"
 TOOL_PACKAGES = (
     "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kube-scheduler",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
     "k8s.io/kubernetes/cmd/kubectl",
     "go.etcd.io/etcd/server/v3",
     "helm.sh/helm/v3/cmd/helm",

@@ -17,12 +17,40 @@ from support import Cluster, OperatorProcess, wait_for
 from agentserver import AgentServer
 from tandem_operator.cli.main import install_crds
 from tandem_operator.devcluster.session import KubeSession
+from tandem_operator.devcluster.tools import ensure_node_binaries
 
 
 @pytest.fixture(scope="session")
 def crds(kube: KubeSession) -> KubeSession:
     install_crds(kube.kubeconfig)
     return kube
+
+
+@pytest.fixture(scope="module")
+def kwok_nodes(kube: KubeSession, pytestconfig: pytest.Config) -> Iterator[KubeSession]:
+    """The session's control plane with fake Nodes that run Pods, for one test module.
+
+    Starts kube-controller-manager, kube-scheduler and kwok next to the session's apiserver
+    (``ControlPlane.start_nodes``) and stops them after the module, so the modules that do
+    not ask for Pods keep the bare apiserver they were written for (no garbage collection,
+    no namespace deletion). A Pod's fate is scripted with its ``tandem.test/*``
+    annotations (``tandem_operator.devcluster.nodes``). The first use builds the three
+    binaries, which takes minutes.
+    """
+    plane = kube.control_plane
+    if plane is None:
+        pytest.skip("fake Nodes need the local control plane, not TANDEM_TEST_KUBECONFIG")
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            tools = ensure_node_binaries()
+    else:
+        tools = ensure_node_binaries()
+    plane.start_nodes(tools)
+    try:
+        yield kube
+    finally:
+        plane.stop_nodes()
 
 
 @pytest.fixture

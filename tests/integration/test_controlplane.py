@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tandem_operator.cli.cluster import cluster_down, cluster_up
 from tandem_operator.devcluster.controlplane import (
+    NODE_COMPONENTS,
     ControlPlane,
     ControlPlaneState,
     pid_alive,
@@ -184,6 +185,32 @@ def test_client_certificates_for_other_users(kube: KubeSession, tmp_path: Path) 
     )
 
 
+def test_pods_need_no_service_account_in_the_namespace(kube: KubeSession, namespace: str) -> None:
+    """The container executor creates Pods in namespaces that may lack a ``default``
+    ServiceAccount (no controller-manager, or before it made one). The ServiceAccount
+    admission plugin is off, so such a Pod is accepted as it is: no account, no token."""
+    plane = _needs_control_plane(kube)
+    if plane.nodes_running():
+        pytest.skip("the controller-manager is running and creates default ServiceAccounts")
+    missing = kube.kubectl("-n", namespace, "get", "serviceaccount", "default", check=False)
+    assert missing.returncode != 0
+    assert "notfound" in missing.stderr.lower().replace(" ", "")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "attempt"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "agent", "image": "registry.example.com/agent:1"}],
+        },
+    }
+    created = kube.kubectl_json("-n", namespace, "create", "-f", "-", input=json.dumps(pod))
+    assert created["spec"].get("serviceAccountName") in (None, "")
+    assert not created["spec"].get("volumes")
+    assert created["status"]["phase"] == "Pending"
+
+
 # ------------------------------------------------------------------------------ restarts
 
 
@@ -301,10 +328,13 @@ def test_cluster_up_is_idempotent_and_down_stops_it(
         first = ControlPlaneState.from_json((directory / "state.json").read_text())
         assert first.etcd is not None
         assert first.apiserver is not None
+        # Fake Nodes by default: their components are recorded too.
+        assert set(first.nodes) == set(NODE_COMPONENTS)
 
         assert cluster_up(directory) == kubeconfig
         second = ControlPlaneState.from_json((directory / "state.json").read_text())
         assert (second.etcd, second.apiserver) == (first.etcd, first.apiserver)
+        assert second.nodes == first.nodes
         tools = ensure_binaries()
         readyz = subprocess.run(
             [str(tools.kubectl), f"--kubeconfig={kubeconfig}", "get", "--raw", "/readyz"],
@@ -323,10 +353,14 @@ def test_cluster_up_is_idempotent_and_down_stops_it(
         assert third.apiserver is not None
         assert third.apiserver.pid != first.apiserver.pid
         assert third.ports == first.ports
+        # The repair restarts everything, node components included.
+        assert set(third.nodes) == set(NODE_COMPONENTS)
+        for record in first.nodes.values():
+            assert not pid_alive(record.pid, record.start_time)
     finally:
         cluster_down(directory)
     stopped = ControlPlaneState.from_json((directory / "state.json").read_text())
-    assert (stopped.etcd, stopped.apiserver) == (None, None)
-    for record in (first.etcd, first.apiserver, third.apiserver):
+    assert (stopped.etcd, stopped.apiserver, stopped.nodes) == (None, None, {})
+    for record in (first.etcd, first.apiserver, third.apiserver, *third.nodes.values()):
         assert not pid_alive(record.pid, record.start_time)
     cluster_down(directory)  # nothing left to stop is fine

@@ -2,7 +2,9 @@
 
 ``cluster up`` starts etcd and kube-apiserver detached (own session, no parent-death
 signal), records them in ``<dir>/state.json`` and prints the kubeconfig path on stdout, so
-``export KUBECONFIG=$(tandem-operator cluster up)`` works; progress goes to stderr.
+``export KUBECONFIG=$(tandem-operator cluster up)`` works; progress goes to stderr. By
+default it also starts fake Nodes that run Pods (kube-scheduler, kube-controller-manager
+and kwok, see ``devcluster.nodes``); ``--no-nodes`` leaves the bare pair.
 
 It is idempotent: when ``state.json`` names live processes and ``/readyz`` answers, they
 are reused. When only one of them survived (or they hang), the leftovers are stopped and the
@@ -11,7 +13,7 @@ previously issued service account tokens) survive; the recorded ports are reused
 are still free, so an exported kubeconfig keeps working.
 
 ``cluster down`` stops what ``state.json`` records and keeps the directory; nothing recorded
-is not an error. Both take an exclusive ``flock`` on ``<dir>/.lock`` so two concurrent
+is not an error; it stops the node components too. Both take an exclusive ``flock`` on ``<dir>/.lock`` so two concurrent
 invocations cannot start two pairs in one directory.
 
 The argparse wiring lives here (``add_cluster_parsers``) so ``cli/main.py`` only has to call
@@ -36,7 +38,7 @@ from tandem_operator.devcluster.controlplane import (
     find_free_ports,
     port_is_free,
 )
-from tandem_operator.devcluster.tools import ToolsError, ensure_binaries
+from tandem_operator.devcluster.tools import ToolsError, ensure_binaries, ensure_node_binaries
 
 __all__ = ["add_cluster_parsers", "cluster_down", "cluster_up", "default_cluster_dir"]
 
@@ -49,8 +51,11 @@ def default_cluster_dir() -> Path:
     return Path(base) / "tandem-operator" / "cluster"
 
 
-def cluster_up(dir: Path | None) -> Path:
-    """Start (or reuse) the control plane in ``dir``; print and return the kubeconfig path."""
+def cluster_up(dir: Path | None, *, nodes: bool = True) -> Path:
+    """Start (or reuse) the control plane in ``dir``; print and return the kubeconfig path.
+
+    ``nodes``: also run the fake Nodes (started on a reused plane when they are not running).
+    """
     directory = (dir or default_cluster_dir()).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with _progress_to_stderr(), _locked(directory):
@@ -62,6 +67,8 @@ def cluster_up(dir: Path | None) -> Path:
                 _say(f"The recorded control plane is not ready, restarting it: {exc}")
             else:
                 _say(f"Reusing the control plane in {directory} at {existing.server}")
+                if nodes and not existing.nodes_running():
+                    existing.start_nodes(ensure_node_binaries())
                 print(existing.kubeconfig, flush=True)
                 return existing.kubeconfig
 
@@ -79,7 +86,13 @@ def cluster_up(dir: Path | None) -> Path:
             ports = Ports(*(port if port_is_free(port) else next(fresh) for port in recorded))
 
         tools = ensure_binaries()
-        plane = ControlPlane(tools=tools, directory=directory, ports=ports, detached=True)
+        plane = ControlPlane(
+            tools=tools,
+            directory=directory,
+            ports=ports,
+            detached=True,
+            nodes=ensure_node_binaries() if nodes else None,
+        )
         plane.start()
         _say(f"Control plane running at {plane.server}; stop it with: tandem-operator cluster down")
         print(plane.kubeconfig, flush=True)
@@ -94,7 +107,9 @@ def cluster_down(dir: Path | None) -> None:
         return
     with _progress_to_stderr(), _locked(directory):
         existing = _attach(directory)
-        if existing is None or not (existing.etcd_pid or existing.apiserver_pid):
+        if existing is None or not (
+            existing.etcd_pid or existing.apiserver_pid or existing.node_pids
+        ):
             _say(f"No running control plane recorded in {directory}")
             return
         existing.stop()
@@ -109,7 +124,10 @@ def add_cluster_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
     cluster = subparsers.add_parser(
         "cluster",
         help="run a local etcd + kube-apiserver for development",
-        description="Run a local etcd + kube-apiserver (no nodes, no controller-manager).",
+        description=(
+            "Run a local etcd + kube-apiserver, and fake Nodes that run Pods (kwok, "
+            "kube-scheduler, kube-controller-manager) unless --no-nodes is given."
+        ),
     )
     actions = cluster.add_subparsers(dest="cluster_command", metavar="{up,down}", required=True)
 
@@ -117,6 +135,12 @@ def add_cluster_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
         "up", help="start or reuse the control plane and print the kubeconfig path"
     )
     _add_dir_option(up)
+    up.add_argument(
+        "--nodes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run fake Nodes that run Pods: kwok, kube-scheduler, kube-controller-manager",
+    )
     up.set_defaults(func=_run_up)
 
     down = actions.add_parser("down", help="stop the control plane (data is kept)")
@@ -135,7 +159,7 @@ def _add_dir_option(parser: argparse.ArgumentParser) -> None:
 
 def _run_up(args: argparse.Namespace) -> int:
     try:
-        cluster_up(args.dir)
+        cluster_up(args.dir, nodes=args.nodes)
     except (ControlPlaneError, ToolsError) as exc:
         print(f"Cluster up failed: {exc}", file=sys.stderr)
         return 1

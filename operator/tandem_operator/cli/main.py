@@ -8,7 +8,8 @@ Subcommands:
   plane, installs the CRDs, runs the operator, applies ``examples/`` and prints the runs as
   they change; Ctrl-C stops everything. Prometheus metrics are served at ``/metrics`` on
   ``--metrics-port`` (default 9090; 0 turns them off).
-- ``cluster up|down [--dir D]``: the local kube-apiserver + etcd (see ``devcluster``).
+- ``cluster up|down [--dir D] [--no-nodes]``: the local kube-apiserver + etcd, and fake
+  Nodes that run Pods unless ``--no-nodes`` (see ``devcluster``).
 - ``crds install``: server-side apply of the generated CRDs, then wait until Established.
 - ``crds print``: the generated CRDs as YAML.
 
@@ -173,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     embedded = kubeconfig is None and not _in_cluster()
     if embedded:
         print("No kubeconfig given: starting the local control plane", file=sys.stderr)
-        kubeconfig = cluster_up(args.cluster_dir)
+        kubeconfig = cluster_up(args.cluster_dir, nodes=args.nodes)
         os.environ["KUBECONFIG"] = str(kubeconfig)
         for name in install_crds(kubeconfig):
             print(f"customresourcedefinition/{name} applied", flush=True)
@@ -329,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=REPO_ROOT / "examples",
         help="embedded mode: manifests to apply",
+    )
+    run.add_argument(
+        "--nodes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="embedded mode: also run fake Nodes that run Pods (kwok, kube-scheduler, "
+        "kube-controller-manager)",
     )
     run.add_argument(
         "--keep-cluster",

@@ -1,10 +1,15 @@
 """A real etcd + kube-apiserver pair on loopback, for tests and ``tandem-operator cluster up``.
 
-There is no kubelet, scheduler or controller-manager: the operator only talks to the API,
-so the API server is what has to be real (admission, RBAC, TokenRequest, watches, conflict
-handling), and nothing is mocked. Consequences worth knowing: namespaces never finish
-terminating, pods never run, and service account token Secrets are never populated
+By default there is no kubelet, scheduler or controller-manager: the operator only talks to
+the API, so the API server is what has to be real (admission, RBAC, TokenRequest, watches,
+conflict handling), and nothing is mocked. Consequences worth knowing: namespaces never
+finish terminating, pods never run, and service account token Secrets are never populated
 (TokenRequest works because the apiserver signs tokens itself).
+
+``start_nodes`` (or ``ControlPlane(nodes=...)``) adds fake Nodes that run Pods: kwok,
+kube-scheduler and kube-controller-manager against the same apiserver (see ``nodes``), with
+their own client certificates, kubeconfigs under ``kubeconfigs/`` and logs beside the
+others; they are stopped before the apiserver.
 
 Design choices:
 
@@ -60,24 +65,36 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import yaml
 
+from tandem_operator.devcluster.nodes import (
+    CONTROLLER_MANAGER_USER,
+    KWOK_GROUP,
+    KWOK_USER,
+    SCHEDULER_USER,
+    NodePool,
+    controller_manager_flags,
+    kwok_flags,
+    scheduler_flags,
+)
 from tandem_operator.devcluster.pki import (
     ADMIN_USER,
     ClientCredentials,
     Pki,
     ensure_pki,
+    issue_client_cert,
 )
-from tandem_operator.devcluster.tools import ToolPaths
+from tandem_operator.devcluster.tools import NodeToolPaths, ToolPaths
 
 __all__ = [
     "CLUSTER_NAME",
     "LOOPBACK",
+    "NODE_COMPONENTS",
     "SERVICE_ACCOUNT_ISSUER",
     "SERVICE_CLUSTER_IP_RANGE",
     "STATE_VERSION",
@@ -104,7 +121,11 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 STATE_VERSION = 1
 ETCD_MEMBER_NAME = "tandem"
 
+NODE_COMPONENTS = ("kube-controller-manager", "kube-scheduler", "kwok")
+"""The processes ``start_nodes`` runs, in start order (stopped in reverse)."""
+
 _POLL_INTERVAL = 0.2
+_NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 _PORT_ATTEMPTS = 3
 _PORT_IN_USE = "address already in use"
 
@@ -142,6 +163,9 @@ class ControlPlaneState:
     ports: Ports
     etcd: ProcessRecord | None
     apiserver: ProcessRecord | None
+    node_tools: NodeToolPaths | None = None
+    nodes: dict[str, ProcessRecord] = field(default_factory=dict)
+    """Running node components by name (``NODE_COMPONENTS``); absent when stopped."""
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -153,8 +177,11 @@ class ControlPlaneState:
             "processes": {
                 "etcd": None if self.etcd is None else asdict(self.etcd),
                 "kube-apiserver": None if self.apiserver is None else asdict(self.apiserver),
+                **{name: asdict(record) for name, record in sorted(self.nodes.items())},
             },
         }
+        if self.node_tools is not None:
+            data["nodeTools"] = {k: str(v) for k, v in asdict(self.node_tools).items()}
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -173,6 +200,16 @@ class ControlPlaneState:
                 if procs["kube-apiserver"] is None
                 else ProcessRecord(**procs["kube-apiserver"])
             ),
+            node_tools=(
+                NodeToolPaths(**{k: Path(v) for k, v in data["nodeTools"].items()})
+                if data.get("nodeTools")
+                else None
+            ),
+            nodes={
+                name: ProcessRecord(**procs[name])
+                for name in NODE_COMPONENTS
+                if procs.get(name) is not None
+            },
         )
 
 
@@ -438,7 +475,15 @@ class _Process:
             self.popen.poll()
 
 
-def _spawn(*, name: str, argv: list[str], log_path: Path, cwd: Path, detached: bool) -> _Process:
+def _spawn(
+    *,
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    cwd: Path,
+    detached: bool,
+    env: dict[str, str] | None = None,
+) -> _Process:
     offset = _file_size(log_path)
     with log_path.open("ab") as log_file:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -450,6 +495,7 @@ def _spawn(*, name: str, argv: list[str], log_path: Path, cwd: Path, detached: b
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
             start_new_session=True,
             preexec_fn=None if detached else _death_signal_preexec(),
         )
@@ -466,7 +512,8 @@ class ControlPlane:
 
     Use as a context manager or call ``start()``/``stop()``. ``detached=True`` makes the
     processes outlive this Python process (``cluster up``); ``ControlPlane.attach`` rebuilds
-    a handle from ``state.json`` later.
+    a handle from ``state.json`` later. With ``nodes`` (see ``tools.ensure_node_binaries``)
+    ``start()`` also runs ``start_nodes()``, which can be called later on a running plane too.
     """
 
     def __init__(
@@ -478,6 +525,8 @@ class ControlPlane:
         detached: bool = False,
         ready_timeout: float = 90.0,
         stop_timeout: float = 15.0,
+        nodes: NodeToolPaths | None = None,
+        node_pool: NodePool | None = None,
     ) -> None:
         self._owns_directory = directory is None
         if directory is None:
@@ -492,6 +541,10 @@ class ControlPlane:
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
         self._pki: Pki | None = None
+        self.node_tools = nodes
+        self.node_pool = node_pool or NodePool()
+        self._nodes: dict[str, _Process] = {}
+        self._node_ports: dict[str, int] = {}
 
     # ----------------------------------------------------------------- layout
 
@@ -510,6 +563,15 @@ class ControlPlane:
     @property
     def apiserver_log(self) -> Path:
         return self.directory / "kube-apiserver.log"
+
+    def component_log(self, name: str) -> Path:
+        """Log file of a node component (``NODE_COMPONENTS``), beside the apiserver's."""
+        return self.directory / f"{name}.log"
+
+    @property
+    def kubeconfig_dir(self) -> Path:
+        """Kubeconfigs of the node components, one identity each."""
+        return self.directory / "kubeconfigs"
 
     @property
     def cert_dir(self) -> Path:
@@ -583,6 +645,10 @@ class ControlPlane:
                 plane.apiserver_log,
                 _file_size(plane.apiserver_log),
             )
+        plane.node_tools = state.node_tools
+        for name, record in state.nodes.items():
+            log_path = plane.component_log(name)
+            plane._nodes[name] = _Process(name, record, log_path, _file_size(log_path))
         return plane
 
     def running(self) -> bool:
@@ -618,13 +684,15 @@ class ControlPlane:
             self._with_port_retries(
                 "kube-apiserver", self.start_apiserver, self._repick_apiserver_port
             )
+            if self.node_tools is not None:
+                self.start_nodes()
         except BaseException:
             self._stop_processes()
             raise
         log.info("Control plane ready in %.1fs at %s", time.monotonic() - started, self.server)
 
     def stop(self) -> None:
-        """Stop kube-apiserver, then etcd; remove the directory if it was a temporary one."""
+        """Stop the node components, kube-apiserver, then etcd; remove a temporary directory."""
         self._stop_processes()
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -690,6 +758,221 @@ class ControlPlane:
         if self._apiserver is not None and self._apiserver.alive():
             self.wait_ready()
 
+    # ----------------------------------------------------------------- nodes
+
+    def nodes_running(self) -> bool:
+        """Whether kwok, kube-scheduler and kube-controller-manager are all alive."""
+        return all(name in self._nodes and self._nodes[name].alive() for name in NODE_COMPONENTS)
+
+    @property
+    def node_pids(self) -> dict[str, int]:
+        """Pids of the node components started or attached to, by name."""
+        return {name: proc.record.pid for name, proc in self._nodes.items()}
+
+    def start_nodes(
+        self,
+        tools: NodeToolPaths | None = None,
+        *,
+        pool: NodePool | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Start kube-controller-manager, kube-scheduler and kwok; create the fake Nodes.
+
+        Needs a ready apiserver. Returns when the scheduler and the controller-manager answer
+        ``/healthz`` and every Node of ``pool`` (default ``self.node_pool``) is Ready, so a Pod
+        created afterwards is scheduled and run. Components still running are left alone,
+        so calling it again restarts only the ones that died.
+        """
+        if tools is not None:
+            self.node_tools = tools
+        if pool is not None:
+            self.node_pool = pool
+        if self.node_tools is None:
+            raise ControlPlaneError(
+                "No node binaries: pass tools=ensure_node_binaries() to start_nodes()"
+            )
+        if self._apiserver is None or not self._apiserver.alive():
+            raise ControlPlaneError("Start the apiserver before the node components")
+        node_tools = self.node_tools
+        timeout = self.ready_timeout if timeout is None else timeout
+        started = time.monotonic()
+        kubeconfigs = self._write_component_kubeconfigs()
+        pki = self.pki
+        workdir = self.directory / "kwok"
+        workdir.mkdir(exist_ok=True)
+
+        def argv(name: str, port: int) -> tuple[list[str], dict[str, str] | None]:
+            if name == "kube-controller-manager":
+                flags = controller_manager_flags(
+                    kubeconfig=kubeconfigs[name], secure_port=port, pki=pki
+                )
+                return [str(node_tools.kube_controller_manager), *flags], None
+            if name == "kube-scheduler":
+                flags = scheduler_flags(kubeconfig=kubeconfigs[name], secure_port=port)
+                return [str(node_tools.kube_scheduler), *flags], None
+            # KWOK_WORKDIR: never read a developer's ~/.kwok/kwok.yaml.
+            return [str(node_tools.kwok), *kwok_flags(kubeconfig=kubeconfigs[name])], {
+                "KWOK_WORKDIR": str(workdir)
+            }
+
+        try:
+            for name in NODE_COMPONENTS:
+                current = self._nodes.get(name)
+                if current is not None and current.alive():
+                    continue
+                for attempt in range(1, _PORT_ATTEMPTS + 1):
+                    port = 0 if name == "kwok" else find_free_ports(1)[0]
+                    args, env = argv(name, port)
+                    self._nodes[name] = _spawn(
+                        name=name,
+                        argv=args,
+                        log_path=self.component_log(name),
+                        cwd=self.directory,
+                        detached=self.detached,
+                        env=env,
+                    )
+                    self._node_ports[name] = port
+                    self._write_state()
+                    try:
+                        self._wait_component_healthy(name, deadline=started + timeout)
+                        break
+                    except ControlPlaneError as exc:
+                        if attempt == _PORT_ATTEMPTS or _PORT_IN_USE not in str(exc):
+                            raise
+                        log.warning("Process %s lost its port, retrying with a new one", name)
+            for manifest in self.node_pool.manifests():
+                status, body = self._request("POST", "/api/v1/nodes", manifest, timeout=10.0)
+                if status not in (201, 409):
+                    raise ControlPlaneError(
+                        f"Creating Node {manifest['metadata']['name']} failed: {status} {body}"
+                    )
+            self._wait_nodes_ready(deadline=started + timeout)
+        except BaseException:
+            self.stop_nodes()
+            raise
+        log.info(
+            "Nodes %s ready in %.1fs",
+            ", ".join(self.node_pool.names()),
+            time.monotonic() - started,
+        )
+
+    def stop_nodes(self, *, graceful: bool = True) -> None:
+        """Stop kwok, kube-scheduler and kube-controller-manager; Nodes and Pods stay."""
+        errors = []
+        for name in reversed(NODE_COMPONENTS):
+            proc = self._nodes.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.stop(timeout=self.stop_timeout, graceful=graceful)
+            except ControlPlaneError as exc:
+                errors.append(str(exc))
+        if self.state_file.parent.is_dir() and self._ports is not None:
+            self._write_state()
+        if errors:
+            raise ControlPlaneError("; ".join(errors))
+
+    def _write_component_kubeconfigs(self) -> dict[str, Path]:
+        identities = {
+            "kube-controller-manager": (CONTROLLER_MANAGER_USER, ()),
+            "kube-scheduler": (SCHEDULER_USER, ()),
+            "kwok": (KWOK_USER, (KWOK_GROUP,)),
+        }
+        self.kubeconfig_dir.mkdir(mode=0o700, exist_ok=True)
+        ca_pem = self.pki.serving_ca_cert.read_bytes()
+        paths = {}
+        for name, (user, groups) in identities.items():
+            path = self.kubeconfig_dir / name
+            path.touch(mode=0o600)
+            path.write_text(
+                render_kubeconfig(
+                    server=self.server,
+                    ca_pem=ca_pem,
+                    credentials=issue_client_cert(self.pki, user=user, groups=groups),
+                    user_name=user,
+                )
+            )
+            paths[name] = path
+        return paths
+
+    def _wait_component_healthy(self, name: str, *, deadline: float) -> None:
+        """Until the process answers ``/healthz`` (kwok serves nothing: only alive)."""
+        proc = self._nodes[name]
+        port = self._node_ports.get(name, 0)
+        # The components serve a self-signed certificate; this only asks whether they are up.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        while True:
+            if not proc.alive():
+                raise ControlPlaneError(
+                    f"{name} exited ({proc.exit_description()}) while starting; last lines of "
+                    f"{proc.log_path}:\n{tail_text(proc.output())}"
+                )
+            if port == 0:
+                return
+            status, body = _http_get(opener, f"https://{LOOPBACK}:{port}/healthz", timeout=2.0)
+            if status == 200 and body.strip() == "ok":
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"{name} did not answer /healthz on port {port} in time ({status}: "
+                    f"{tail_text(body, lines=5)}); last lines of {proc.log_path}:\n"
+                    f"{_log_tail(proc.log_path)}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def _wait_nodes_ready(self, *, deadline: float) -> None:
+        """Until kwok reports every Node Ready; then lift the not-ready taint.
+
+        The apiserver's TaintNodesByCondition admission gives every new Node the
+        ``node.kubernetes.io/not-ready:NoSchedule`` taint, which the node-lifecycle
+        controller lifts once the Node is Ready. That controller is not run (it would also
+        evict Pods whenever kwok is stopped), so this does its one job here.
+        """
+        pending = set(self.node_pool.names())
+        while pending:
+            for name in sorted(pending):
+                status, body = self._get(f"/api/v1/nodes/{name}", timeout=5.0)
+                if status != 200:
+                    continue
+                node = json.loads(body)
+                if not _node_ready(node):
+                    continue
+                taints = (node.get("spec") or {}).get("taints") or []
+                kept = [t for t in taints if t.get("key") != _NOT_READY_TAINT]
+                if kept != taints:
+                    status, body = self._request(
+                        "PATCH",
+                        f"/api/v1/nodes/{name}",
+                        {
+                            "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+                            "spec": {"taints": kept or None},
+                        },
+                        timeout=5.0,
+                        content_type="application/merge-patch+json",
+                    )
+                    if status != 200:
+                        continue  # a conflict with kwok's status update: read it again
+                pending.discard(name)
+            if not pending:
+                return
+            kwok = self._nodes["kwok"]
+            if not kwok.alive():
+                raise ControlPlaneError(
+                    f"kwok exited ({kwok.exit_description()}); last lines of "
+                    f"{kwok.log_path}:\n{tail_text(kwok.output())}"
+                )
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"Nodes {', '.join(sorted(pending))} were not Ready in time; last lines of "
+                    f"{kwok.log_path}:\n{_log_tail(kwok.log_path)}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
     # ----------------------------------------------------------------- readiness
 
     def is_ready(self) -> bool:
@@ -744,13 +1027,33 @@ class ControlPlane:
             time.sleep(_POLL_INTERVAL)
 
     def _get(self, path: str, *, timeout: float) -> tuple[int, str]:
+        return self._request("GET", path, None, timeout=timeout)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        timeout: float,
+        content_type: str = "application/json",
+    ) -> tuple[int, str]:
+        """One request as the admin (``body`` sent as JSON unless None)."""
         pki = self.pki
         context = ssl.create_default_context(cafile=str(pki.serving_ca_cert))
         context.load_cert_chain(certfile=str(pki.admin_cert), keyfile=str(pki.admin_key))
         opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
         )
-        return _http_get(opener, f"{self.server}{path}", timeout=timeout)
+        if body is None:
+            return _http_get(opener, f"{self.server}{path}", timeout=timeout)
+        request = urllib.request.Request(
+            f"{self.server}{path}",
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": content_type},
+        )
+        return _http_get(opener, request, timeout=timeout)
 
     # ----------------------------------------------------------------- internals
 
@@ -785,7 +1088,11 @@ class ControlPlane:
 
     def _stop_processes(self) -> None:
         errors = []
-        for proc in (self._apiserver, self._etcd):
+        for proc in (
+            *(self._nodes.get(n) for n in reversed(NODE_COMPONENTS)),
+            self._apiserver,
+            self._etcd,
+        ):
             if proc is None:
                 continue
             try:
@@ -807,14 +1114,23 @@ class ControlPlane:
             ports=self.ports,
             etcd=record(self._etcd),
             apiserver=record(self._apiserver),
+            node_tools=self.node_tools,
+            nodes={
+                name: rec for name, proc in self._nodes.items() if (rec := record(proc)) is not None
+            },
         )
         tmp = self.state_file.with_suffix(".json.tmp")
         tmp.write_text(state.to_json())
         tmp.replace(self.state_file)
 
 
+def _node_ready(node: dict[str, Any]) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def _http_get(
-    opener: urllib.request.OpenerDirector, url: str, *, timeout: float
+    opener: urllib.request.OpenerDirector, url: str | urllib.request.Request, *, timeout: float
 ) -> tuple[int, str]:
     """Status and body of a GET; status 0 when the connection itself failed."""
     try:

@@ -1,9 +1,12 @@
 """Locate (and if needed build) the binaries of the local control plane.
 
 The project does not download release tarballs: ``hack/build-tools.sh`` builds etcd,
-kube-apiserver, kubectl and helm from the Go modules pinned in ``hack/tools`` into a cache
-outside the repository and prints that directory as its last line on stdout. This module is
-the Python side of that contract:
+kube-apiserver, kubectl and helm (``ensure_binaries``), and kube-scheduler,
+kube-controller-manager and kwok for the fake Nodes (``ensure_node_binaries``), from the Go
+modules pinned in ``hack/tools`` and ``hack/kwok`` into a cache outside the repository, and
+prints the directory as its last line on stdout. kwok has its own directory,
+``kwok-<version>``, with a stamp of ``hack/kwok``'s go.mod and go.sum beside the binary
+(``hack/build-kwok.sh``). This module is the Python side of that contract:
 
 * ``TANDEM_TOOLS_DIR`` wins when it already holds all four binaries (CI images, people with
   their own builds). When it is set but incomplete, the script builds into it, because the
@@ -20,6 +23,7 @@ the Python side of that contract:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -31,15 +35,22 @@ from pathlib import Path
 
 __all__ = [
     "BINARY_NAMES",
+    "NODE_BINARY_NAMES",
+    "NodeToolPaths",
     "ToolPaths",
     "ToolsError",
     "cache_root",
+    "default_kwok_dir",
     "ensure_binaries",
+    "ensure_node_binaries",
+    "kwok_stamp",
+    "kwok_version",
     "pinned_versions",
     "repo_root",
 ]
 
 BINARY_NAMES = ("etcd", "kube-apiserver", "kubectl", "helm")
+NODE_BINARY_NAMES = ("kube-scheduler", "kube-controller-manager", "kwok")
 
 
 class ToolsError(RuntimeError):
@@ -72,6 +83,32 @@ class ToolPaths:
 
     def all(self) -> tuple[Path, Path, Path, Path]:
         return (self.etcd, self.kube_apiserver, self.kubectl, self.helm)
+
+
+@dataclass(frozen=True)
+class NodeToolPaths:
+    """Absolute paths of the binaries that give the local cluster Nodes that run Pods."""
+
+    kube_scheduler: Path
+    kube_controller_manager: Path
+    kwok: Path
+
+    @classmethod
+    def in_dirs(cls, bin_dir: Path, kwok_dir: Path | None = None) -> NodeToolPaths:
+        """kube-scheduler and kube-controller-manager in ``bin_dir``, kwok in ``kwok_dir``."""
+        bin_dir = bin_dir.resolve()
+        return cls(
+            kube_scheduler=bin_dir / "kube-scheduler",
+            kube_controller_manager=bin_dir / "kube-controller-manager",
+            kwok=(kwok_dir or bin_dir).resolve() / "kwok",
+        )
+
+    def missing(self) -> list[Path]:
+        """Binaries that are absent or not executable."""
+        return [p for p in self.all() if not (p.is_file() and os.access(p, os.X_OK))]
+
+    def all(self) -> tuple[Path, Path, Path]:
+        return (self.kube_scheduler, self.kube_controller_manager, self.kwok)
 
 
 def repo_root() -> Path:
@@ -111,6 +148,32 @@ def default_bin_dir(*, versions: Mapping[str, str], env: Mapping[str, str] | Non
     return cache_root(env) / "bin" / tag
 
 
+def kwok_version(gomod: Path | None = None) -> str:
+    """The ``sigs.k8s.io/kwok`` version ``hack/kwok/go.mod`` requires."""
+    path = gomod or repo_root() / "hack" / "kwok" / "go.mod"
+    for raw in path.read_text().splitlines():
+        fields = raw.split()
+        if fields[:1] == ["require"]:
+            fields = fields[1:]
+        if len(fields) >= 2 and fields[0] == "sigs.k8s.io/kwok":
+            return fields[1]
+    raise ToolsError(f"{path} does not require sigs.k8s.io/kwok")
+
+
+def kwok_stamp(module_dir: Path | None = None) -> str:
+    """SHA-256 of ``hack/kwok``'s go.mod and go.sum, as ``hack/build-kwok.sh`` records it."""
+    directory = module_dir or repo_root() / "hack" / "kwok"
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((directory / name).read_bytes())
+    return digest.hexdigest()
+
+
+def default_kwok_dir(*, version: str, env: Mapping[str, str] | None = None) -> Path:
+    """Directory ``build-kwok.sh`` uses when ``TANDEM_TOOLS_DIR`` is not set."""
+    return cache_root(env) / "bin" / f"kwok-{version}"
+
+
 def ensure_binaries() -> ToolPaths:
     """Return the binaries, building them with ``hack/build-tools.sh`` when needed."""
     override = os.environ.get("TANDEM_TOOLS_DIR")
@@ -138,7 +201,7 @@ def ensure_binaries() -> ToolPaths:
         )
 
     with _build_lock():
-        bin_dir = _run_build_script(script)
+        bin_dir = _run_build_script(script, BINARY_NAMES)
     tools = ToolPaths.in_dir(bin_dir)
     missing = tools.missing()
     if missing:
@@ -147,14 +210,60 @@ def ensure_binaries() -> ToolPaths:
     return tools
 
 
-def _run_build_script(script: Path) -> Path:
+def ensure_node_binaries() -> NodeToolPaths:
+    """kube-scheduler, kube-controller-manager and kwok, built when missing or out of date.
+
+    Same rules as ``ensure_binaries``; kwok also counts as missing when the stamp beside it
+    does not match ``hack/kwok``'s go.mod and go.sum (a bumped pin), as in the script.
+    """
+    override = os.environ.get("TANDEM_TOOLS_DIR")
+    script = repo_root() / "hack" / "build-tools.sh"
+    if override:
+        tools = NodeToolPaths.in_dirs(Path(override))
+        if not tools.missing():
+            return tools
+    if not script.is_file():
+        raise ToolsError(
+            f"Cannot find {script}; set TANDEM_TOOLS_DIR to a directory holding "
+            f"{', '.join(NODE_BINARY_NAMES)}"
+        )
+    kwok_dir = Path(override) if override else default_kwok_dir(version=kwok_version())
+    if not override:
+        cached = NodeToolPaths.in_dirs(default_bin_dir(versions=pinned_versions()), kwok_dir)
+        if not cached.missing() and _kwok_stamp_matches(cached.kwok):
+            return cached
+
+    if shutil.which("go") is None:
+        raise ToolsError(
+            "The Go toolchain is required to build kube-scheduler, kube-controller-manager "
+            "and kwok; install Go or set TANDEM_TOOLS_DIR to a directory holding prebuilt ones"
+        )
+    with _build_lock():
+        bin_dir = _run_build_script(script, NODE_BINARY_NAMES)
+    tools = NodeToolPaths.in_dirs(bin_dir, kwok_dir)
+    missing = tools.missing()
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        raise ToolsError(f"{script} finished but these binaries are missing: {names}")
+    return tools
+
+
+def _kwok_stamp_matches(kwok: Path) -> bool:
+    try:
+        recorded = kwok.with_name("kwok.sha256").read_text().strip()
+    except OSError:
+        return False
+    return recorded == kwok_stamp()
+
+
+def _run_build_script(script: Path, names: tuple[str, ...]) -> Path:
     print(
-        "Building the missing control-plane binaries with hack/build-tools.sh",
+        f"Building the missing binaries among {', '.join(names)} with hack/build-tools.sh",
         file=sys.stderr,
         flush=True,
     )
     proc = subprocess.run(
-        ["bash", str(script)],
+        ["bash", str(script), *names],
         stdout=subprocess.PIPE,
         stderr=None,  # inherited: the build progress goes straight to the user's terminal
         text=True,
