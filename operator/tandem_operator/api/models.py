@@ -56,6 +56,8 @@ MAX_NODES = 100
 MAX_DEPENDS_ON = 16
 MAX_AGENTS = 32
 MAX_GATE_DECISIONS = 256
+MAX_APPROVERS = 64
+MAX_REQUIRED_APPROVALS = 5
 
 
 class ApiModel(BaseModel):
@@ -135,6 +137,21 @@ class ApprovalExpiry(ApiModel):
     action: ExpiryAction
 
 
+class Approvers(ApiModel):
+    users: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="Kubernetes usernames that may decide this gate, as the API server "
+        "authenticates them (e.g. alice, system:serviceaccount:team-a:release-bot)",
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="Kubernetes groups whose members may decide this gate, as the API server "
+        "authenticates them (e.g. release-managers, system:serviceaccounts:team-a)",
+    )
+
+
 class Approval(ApiModel):
     title: str | None = Field(default=None, max_length=256)
     instructions: str | None = Field(default=None, max_length=4096)
@@ -143,6 +160,18 @@ class Approval(ApiModel):
     )
     rework_targets: list[str] = Field(default_factory=list, max_length=MAX_DEPENDS_ON)
     expiry: ApprovalExpiry | None = None
+    approvers: Approvers | None = Field(
+        default=None,
+        description="Who may decide this gate (B18b); unset: anyone allowed to patch the run. "
+        "Enforced at admission: a decision by anyone else is refused",
+    )
+    required_approvals: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REQUIRED_APPROVALS,
+        description="Distinct users who must approve the gate's current request before it "
+        "passes (B18c); one rework or cancel acts at once",
+    )
 
 
 class Node(ApiModel):
@@ -274,6 +303,11 @@ class AutomationRunSpec(ApiModel):
 # --------------------------------------------------------------------------- status
 
 
+class GateApproval(ApiModel):
+    user: str = Field(description="The authenticated user who approved")
+    decided_at: Timestamp | None = Field(default=None, description="When the approval was applied")
+
+
 class AwaitingGate(ApiModel):
     node_id: str
     title: str | None = None
@@ -282,6 +316,10 @@ class AwaitingGate(ApiModel):
     rework_targets: list[str] = Field(default_factory=list)
     requested_at: Timestamp | None = None
     metadata: FreeForm | None = None
+    approvals: list[GateApproval] = Field(
+        default_factory=list,
+        description="Distinct users who approved this request of the gate so far (B18c)",
+    )
 
 
 class GateHistoryEntry(ApiModel):
