@@ -7,7 +7,11 @@ Subcommands:
   pod's service account. Otherwise it is the embedded default: it starts the local control
   plane, installs the CRDs, runs the operator, applies ``examples/`` and prints the runs as
   they change; Ctrl-C stops everything. Prometheus metrics are served at ``/metrics`` on
-  ``--metrics-port`` (default 9090; 0 turns them off).
+  ``--metrics-port`` (default 9090; 0 turns them off). The admission webhook is on
+  (``--no-webhook`` turns it off): outside a cluster it listens on loopback on a free port
+  (or ``--webhook-port``) and, once it answers, this command registers it by URL with this
+  install's own configurations (``handlers.webhook.configurations``); in a pod it only
+  serves, and the Helm chart registers it through a Service (``--webhook-registration``).
 - ``cluster up|down [--dir D]``: the local kube-apiserver + etcd (see ``devcluster``).
 - ``crds install``: server-side apply of the generated CRDs, then wait until Established.
 - ``crds print``: the generated CRDs as YAML.
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -129,9 +134,30 @@ def _runs_table(api: pykube.HTTPClient) -> str:
     )
 
 
-async def _show_runs(kubeconfig: Path, stop: asyncio.Event) -> None:
+def next_steps(*, kubeconfig: Path, kubectl: Path, namespace: str, run: str) -> str:
+    """The two things a newcomer does next on the local cluster: use kubectl, approve."""
+    return (
+        f"\nNext, in another terminal:\n"
+        f"  export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:$PATH"
+        f"   # kubectl: {kubectl}\n"
+        f"  kubectl automationrun approve {run} -n {namespace}"
+        f"   # as `kubectl automationrun describe {run} -n {namespace}` says who may\n"
+    )
+
+
+def _waiting_run(api: pykube.HTTPClient) -> tuple[str, str] | None:
+    response = api.get(version="automation.tandem.dev/v1alpha1", url="automationruns")
+    api.raise_for_status(response)
+    for item in response.json().get("items", []):
+        if (item.get("status") or {}).get("phase") == "AwaitingApproval":
+            return item["metadata"]["namespace"], item["metadata"]["name"]
+    return None
+
+
+async def _show_runs(kubeconfig: Path, stop: asyncio.Event, *, kubectl: Path) -> None:
     api = _client(kubeconfig)
     last = ""
+    hinted = False
     while not stop.is_set():
         try:
             table = await asyncio.to_thread(_runs_table, api)
@@ -140,6 +166,16 @@ async def _show_runs(kubeconfig: Path, stop: asyncio.Event) -> None:
         if table != last:
             print(f"\n{time.strftime('%H:%M:%S')} AutomationRuns\n{table}", flush=True)
             last = table
+            if not hinted:
+                with contextlib.suppress(Exception):
+                    waiting = await asyncio.to_thread(_waiting_run, api)
+                    if waiting is not None:
+                        namespace, run = waiting
+                        hint = next_steps(
+                            kubeconfig=kubeconfig, kubectl=kubectl, namespace=namespace, run=run
+                        )
+                        print(hint, flush=True)
+                        hinted = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=2)
 
@@ -158,6 +194,64 @@ def apply_examples(kubeconfig: Path, kubectl: Path, directory: Path) -> None:
         )
         out = (result.stdout + result.stderr).strip()
         print(out, flush=True)
+
+
+def apply_admission(kubeconfig: Path | None, manifests: list[dict[str, Any]]) -> None:
+    """Server-side apply the webhook configurations (cluster-scoped, one pair per install)."""
+    api = _client(kubeconfig)
+    for manifest in manifests:
+        plural = manifest["kind"].lower() + "s"
+        response = api.patch(
+            version="admissionregistration.k8s.io/v1",
+            url=f"{plural}/{manifest['metadata']['name']}",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"},
+            data=json.dumps(manifest),
+        )
+        api.raise_for_status(response)
+
+
+def _free_port(addr: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _listening(addr: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(addr, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def _register_admission(
+    *,
+    kubeconfig: Path | None,
+    registration: Any,
+    addr: str,
+    port: int,
+    stop: asyncio.Event,
+    registered: asyncio.Event,
+) -> None:
+    """Once the webhook answers, register this install's configurations by URL.
+
+    The configurations stay when the operator stops: decisions then fail closed until an
+    operator of this install is back (the next start registers its own URL and CA).
+    """
+    from tandem_operator.handlers.webhook import configurations
+
+    while not stop.is_set():
+        if not await _listening(addr, port):
+            await asyncio.sleep(0.2)
+            continue
+        await asyncio.to_thread(apply_admission, kubeconfig, configurations(registration))
+        log.info("Admission webhook registered name=%s url=%s", registration.name, registration.url)
+        registered.set()
+        break
+    await stop.wait()
 
 
 def _in_cluster() -> bool:
@@ -181,6 +275,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = str(kubeconfig)
     namespaces = None if args.all_namespaces else (args.namespace or None)
     lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    webhook_options, registration = _webhook_options(
+        args, namespaces=namespaces, lease_namespace=lease_namespace
+    )
     try:
         asyncio.run(
             _serve(
@@ -191,7 +288,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 embedded=embedded,
                 kubeconfig=kubeconfig,
                 examples=args.examples,
-                webhook_options=_webhook_options(args),
+                webhook_options=webhook_options,
+                registration=registration,
                 metrics_port=args.metrics_port,
             )
         )
@@ -204,18 +302,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhook_options(args: argparse.Namespace) -> Any:
-    if not args.webhook_port:
-        return None
+def _webhook_options(
+    args: argparse.Namespace, *, namespaces: list[str] | None, lease_namespace: str
+) -> tuple[Any, Any]:
+    """The webhook server's options and, when this command registers it, its Registration."""
+    if not args.webhook:
+        return None, None
     from tandem_operator.handlers.operator import WebhookOptions
+    from tandem_operator.handlers.webhook import Registration, ensure_certificate, install_name
 
+    host = args.webhook_host or args.webhook_addr
+    port = args.webhook_port or _free_port(args.webhook_addr)
     cert_dir = args.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="tandem-webhook-"))
-    return WebhookOptions(
-        addr=args.webhook_addr,
-        port=args.webhook_port,
-        host=args.webhook_host or args.webhook_addr,
-        cert_dir=cert_dir,
+    cert, _ = ensure_certificate(cert_dir, host=host)
+    options = WebhookOptions(addr=args.webhook_addr, port=port, host=host, cert_dir=cert_dir)
+    mode = args.webhook_registration or ("none" if _in_cluster() else "url")
+    if mode == "none":
+        return options, None
+    registration = Registration(
+        name=install_name(lease_namespace),
+        namespaces=namespaces,
+        ca_bundle=cert.read_bytes(),
+        url=f"https://{host}:{port}",
     )
+    return options, registration
 
 
 async def _serve(
@@ -228,6 +338,7 @@ async def _serve(
     kubeconfig: Path | None,
     examples: Path,
     webhook_options: Any = None,
+    registration: Any = None,
     metrics_port: int = 0,
 ) -> None:
     from tandem_operator.handlers.operator import run_operator
@@ -249,13 +360,31 @@ async def _serve(
             )
         )
     ]
+    registered = asyncio.Event()
+    if registration is not None:
+        tasks.append(
+            asyncio.create_task(
+                _register_admission(
+                    kubeconfig=kubeconfig,
+                    registration=registration,
+                    addr=webhook_options.addr,
+                    port=webhook_options.port,
+                    stop=stop,
+                    registered=registered,
+                )
+            )
+        )
+    else:
+        registered.set()
     if embedded and kubeconfig is not None:
         from tandem_operator.devcluster.tools import ensure_binaries
 
         kubectl = ensure_binaries().kubectl
         await asyncio.sleep(1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(registered.wait(), timeout=60)
         await asyncio.to_thread(apply_examples, kubeconfig, kubectl, examples)
-        tasks.append(asyncio.create_task(_show_runs(kubeconfig, stop)))
+        tasks.append(asyncio.create_task(_show_runs(kubeconfig, stop, kubectl=kubectl)))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -300,10 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
     )
     run.add_argument(
+        "--no-webhook",
+        dest="webhook",
+        action="store_false",
+        help="no admission webhook (decisions are then not checked or stamped)",
+    )
+    run.add_argument(
         "--webhook-port",
-        type=int,
+        type=_port,
         default=0,
-        help="serve the admission webhook on this port and register it (0: off)",
+        help="port of the admission webhook (default 0: a free port)",
+    )
+    run.add_argument(
+        "--webhook-registration",
+        choices=["url", "none"],
+        default=None,
+        help="url: register this install's webhook configurations by URL (default outside "
+        "a cluster); none: only serve (default in a pod, where the chart registers them)",
     )
     run.add_argument("--webhook-addr", default="127.0.0.1", help="address the webhook listens on")
     run.add_argument(
