@@ -6,12 +6,11 @@ their leader Lease there, so tests never see each other's runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Cluster, OperatorProcess, wait_for
+from support import Cluster, OperatorProcess, admission_registered, wait_for
 
 from agentserver import AgentServer
 from tandem_operator.cli.main import install_crds
@@ -93,19 +92,6 @@ def agent(cluster: Cluster) -> Iterator[AgentServer]:
         yield server
     finally:
         server.stop()
-
-
-def admission_registered(kube: KubeSession, namespace: str, port: int | None = None) -> bool:
-    """Both webhook configurations of the install in ``namespace`` exist (at ``port``)."""
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        result = kube.kubectl("get", kind, install_name(namespace), "-o", "json", check=False)
-        if result.returncode != 0:
-            return False
-        hooks = json.loads(result.stdout).get("webhooks") or []
-        urls = [h.get("clientConfig", {}).get("url") or "" for h in hooks]
-        if not hooks or (port is not None and not all(f":{port}/" in u for u in urls)):
-            return False
-    return True
 
 
 @pytest.fixture
