@@ -135,13 +135,17 @@ def _runs_table(api: pykube.HTTPClient) -> str:
 
 
 def next_steps(*, kubeconfig: Path, kubectl: Path, namespace: str, run: str) -> str:
-    """The two things a newcomer does next on the local cluster: use kubectl, approve."""
+    """The two things a newcomer does next on the local cluster: use kubectl, approve.
+
+    ``PATH`` gets the built kubectl's directory and this Python's scripts directory, where
+    the ``kubectl-automationrun`` plugin is installed next to ``tandem-operator``.
+    """
+    scripts = Path(sys.executable).parent
     return (
-        f"\nNext, in another terminal:\n"
-        f"  export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:$PATH"
-        f"   # kubectl: {kubectl}\n"
+        "\nNext, in another terminal:\n"
+        f"  export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:{scripts}:$PATH\n"
         f"  kubectl automationrun approve {run} -n {namespace}"
-        f"   # as `kubectl automationrun describe {run} -n {namespace}` says who may\n"
+        f"   # describe {run} shows who may approve\n"
     )
 
 
