@@ -110,6 +110,18 @@ def test_a_reworked_gate_asks_anew() -> None:
     assert decide("approve", "alice", history=earlier) == ("wait", ["alice"])
 
 
+def test_approvals_before_the_gates_last_rework_do_not_count() -> None:
+    """Even when the rework and the new request share a millisecond."""
+    history = [
+        approved("alice", at=REQUESTED),
+        GateHistoryEntry(
+            node_id="review", decision="rework", decided_by="bob", decided_at=REQUESTED
+        ),
+        approved("carol", at=REQUESTED),
+    ]
+    assert [a.user for a in approvals_so_far(history, gate())] == ["carol"]
+
+
 def test_approvals_of_other_gates_and_other_decisions_do_not_count() -> None:
     history = [
         approved("alice", node_id="other"),

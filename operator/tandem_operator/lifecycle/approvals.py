@@ -96,14 +96,20 @@ def approvals_so_far(
     """The distinct users who approved the gate's current request, in the order they did.
 
     The current request is the one that started at ``awaitingGate.requestedAt``; entries
-    for the same gate from before it (an earlier request, before a rework) do not count.
-    Entries without ``decidedBy`` are not counted (see the module docstring).
+    for the same gate from before it (an earlier request, before a rework) do not count,
+    nor do approvals recorded before the gate's latest ``rework`` or ``cancel`` entry (a
+    request that ended in the same millisecond the next one began). Entries without
+    ``decidedBy`` are not counted (see the module docstring).
     """
     since = parse_ms(awaiting_gate.requested_at)
     seen: set[str] = set()
     found: list[GateApproval] = []
     for entry in gate_history:
-        if entry.node_id != awaiting_gate.node_id or entry.decision != "approve":
+        if entry.node_id != awaiting_gate.node_id:
+            continue
+        if entry.decision != "approve":
+            seen.clear()
+            found.clear()
             continue
         if not entry.decided_by or entry.decided_by in seen:
             continue
