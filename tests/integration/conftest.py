@@ -25,8 +25,12 @@ def crds(kube: KubeSession) -> KubeSession:
 
 
 @pytest.fixture
-def cluster(crds: KubeSession, namespace: str) -> Cluster:
-    return Cluster(crds, namespace)
+def cluster(crds: KubeSession, namespace: str) -> Iterator[Cluster]:
+    yield Cluster(crds, namespace)
+    # Operators register their admission webhook by URL and leave it registered when they
+    # stop (decisions fail closed); the test's namespace goes, so do its configurations.
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        crds.kubectl("delete", kind, install_name(namespace), "--ignore-not-found", check=False)
 
 
 @pytest.fixture
@@ -50,10 +54,6 @@ def operators(
     yield start
     for proc in started:
         proc.kill()
-    # Each install registers its admission webhook by URL and leaves it registered when it
-    # stops (decisions fail closed); the test's namespace goes, so do its configurations.
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        crds.kubectl("delete", kind, install_name(namespace), "--ignore-not-found", check=False)
 
 
 AGENT_ENDPOINT = "engine"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,30 @@ def test_a_quorum_of_distinct_users_passes_the_gate(
     assert status["phase"] == "Completed"
     approvals = [e["decidedBy"] for e in status["checkpoint"]["gateHistory"]]
     assert approvals == ["alice", "bob"]
+
+
+def test_a_second_process_of_an_install_takes_over_the_registration_when_one_goes(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    def url() -> str | None:
+        result = cluster.kube.kubectl(
+            "get",
+            "validatingwebhookconfiguration",
+            install_name(cluster.namespace),
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.url}",
+            check=False,
+        )
+        return result.stdout.strip() or None
+
+    first = operators()
+    first_url = wait_for(url, timeout=60, what="the first registration", describe=first.log)
+    second = operators()
+    wait_for(lambda: url() not in (None, first_url), timeout=60, what="the second one")
+    second.kill()
+    wait_for(lambda: url() == first_url, timeout=30, what="the first to register again")
+
+    approvers_role(cluster)
+    cluster.apply(gated("after"))
+    result = decide(cluster, "after", as_user="alice", dry_run=True)
+    assert result.returncode == 0, result.stderr

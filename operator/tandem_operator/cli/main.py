@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,10 @@ def apply_examples(kubeconfig: Path, kubectl: Path, directory: Path) -> None:
         print(out, flush=True)
 
 
+class AdmissionRegistrationError(RuntimeError):
+    """The webhook configurations could not be applied; the message says what to do."""
+
+
 def apply_admission(kubeconfig: Path | None, manifests: list[dict[str, Any]]) -> None:
     """Server-side apply the webhook configurations (cluster-scoped, one pair per install)."""
     api = _client(kubeconfig)
@@ -212,6 +217,14 @@ def apply_admission(kubeconfig: Path | None, manifests: list[dict[str, Any]]) ->
             headers={"Content-Type": "application/apply-patch+yaml"},
             data=json.dumps(manifest),
         )
+        if response.status_code == 403:
+            raise AdmissionRegistrationError(
+                f"not allowed to register the admission webhook ({plural} "
+                f"{manifest['metadata']['name']}): grant create and patch on "
+                "mutatingwebhookconfigurations and validatingwebhookconfigurations, or "
+                "register it otherwise and pass --webhook-registration=none (the Helm chart "
+                "does), or run without it (--no-webhook)"
+            )
         api.raise_for_status(response)
 
 
@@ -243,7 +256,10 @@ async def _register_admission(
     """Once the webhook answers, register this install's configurations by URL.
 
     The configurations stay when the operator stops: decisions then fail closed until an
-    operator of this install is back (the next start registers its own URL and CA).
+    operator of this install is back (the next start registers its own URL and CA). Every
+    ``ADMISSION_RECHECK_SECONDS`` the registration is read back: when another process of
+    the same install registered itself and has gone since (its port no longer answers),
+    this one registers itself again, so a running process always serves its install.
     """
     from tandem_operator.handlers.webhook import configurations
 
@@ -255,7 +271,50 @@ async def _register_admission(
         log.info("Admission webhook registered name=%s url=%s", registration.name, registration.url)
         registered.set()
         break
-    await stop.wait()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ADMISSION_RECHECK_SECONDS)
+        if stop.is_set():
+            break
+        try:
+            url = await asyncio.to_thread(_registered_url, kubeconfig, registration.name)
+            if url is not None and url.startswith(registration.url + "/"):
+                continue
+            if url is not None and await _url_answers(url):
+                continue
+            await asyncio.to_thread(apply_admission, kubeconfig, configurations(registration))
+            log.info(
+                "Admission webhook registered again name=%s url=%s replaced=%s",
+                registration.name,
+                registration.url,
+                url,
+            )
+        except Exception:
+            log.exception("Admission webhook registration not checked name=%s", registration.name)
+
+
+ADMISSION_RECHECK_SECONDS = 5.0
+
+
+def _registered_url(kubeconfig: Path | None, name: str) -> str | None:
+    """The URL the install's validating configuration calls; ``None`` when it has none."""
+    api = _client(kubeconfig)
+    response = api.get(
+        version="admissionregistration.k8s.io/v1", url=f"validatingwebhookconfigurations/{name}"
+    )
+    if response.status_code == 404:
+        return None
+    api.raise_for_status(response)
+    hooks = response.json().get("webhooks") or []
+    url = ((hooks[0] if hooks else {}).get("clientConfig") or {}).get("url")
+    return str(url) if url else None
+
+
+async def _url_answers(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None:
+        return False
+    return await _listening(parts.hostname, parts.port or 443)
 
 
 def _in_cluster() -> bool:
