@@ -6,18 +6,17 @@ their leader Lease there, so tests never see each other's runs.
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Cluster, OperatorProcess, wait_for
+from support import Cluster, OperatorProcess, admission_registered, wait_for
 
 from agentserver import AgentServer
 from tandem_operator.cli.main import install_crds
 from tandem_operator.devcluster.session import KubeSession
 from tandem_operator.devcluster.tools import ensure_node_binaries
+from tandem_operator.handlers.webhook import install_name
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +53,12 @@ def kwok_nodes(kube: KubeSession, pytestconfig: pytest.Config) -> Iterator[KubeS
 
 
 @pytest.fixture
-def cluster(crds: KubeSession, namespace: str) -> Cluster:
-    return Cluster(crds, namespace)
+def cluster(crds: KubeSession, namespace: str) -> Iterator[Cluster]:
+    yield Cluster(crds, namespace)
+    # Operators register their admission webhook by URL and leave it registered when they
+    # stop (decisions fail closed); the test's namespace goes, so do its configurations.
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        crds.kubectl("delete", kind, install_name(namespace), "--ignore-not-found", check=False)
 
 
 @pytest.fixture
@@ -119,40 +122,17 @@ def agent(cluster: Cluster) -> Iterator[AgentServer]:
         server.stop()
 
 
-WEBHOOK_NAME = "tandem-operator.automation.tandem.dev"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def webhook_operator(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> Iterator[OperatorProcess]:
-    """An operator serving the admission webhook, once both configurations point at it."""
-    port = _free_port()
-    proc = operators(TANDEM_EXTRA_ARGS=f"--webhook-port={port}")
-    kube = cluster.kube
-
-    def registered(kind: str) -> bool:
-        result = kube.kubectl("get", kind, WEBHOOK_NAME, "-o", "json", check=False)
-        if result.returncode != 0:
-            return False
-        hooks = json.loads(result.stdout).get("webhooks") or []
-        return any(str(port) in (h.get("clientConfig", {}).get("url") or "") for h in hooks)
-
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        wait_for(
-            lambda kind=kind: registered(kind),
-            timeout=60,
-            what=f"the {kind} to be registered",
-            describe=proc.log,
-        )
+    """An operator started by its default command, once its webhook is registered."""
+    proc = operators()
+    wait_for(
+        lambda: admission_registered(cluster.kube, cluster.namespace),
+        timeout=60,
+        what="the admission webhook to be registered",
+        describe=proc.log,
+    )
     yield proc
     proc.stop()
-    kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME, check=False)
-    kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_NAME, check=False)

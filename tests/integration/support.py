@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tandem_operator.devcluster.session import KubeSession
+from tandem_operator.handlers.webhook import install_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,6 +171,19 @@ class Cluster:
             what=f"run {name} to reach {phases}",
             describe=lambda: f"phase={self.phase(name)}",
         )
+
+
+def admission_registered(kube: KubeSession, namespace: str, port: int | None = None) -> bool:
+    """Both webhook configurations of the install in ``namespace`` exist (at ``port``)."""
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        result = kube.kubectl("get", kind, install_name(namespace), "-o", "json", check=False)
+        if result.returncode != 0:
+            return False
+        hooks = json.loads(result.stdout).get("webhooks") or []
+        urls = [h.get("clientConfig", {}).get("url") or "" for h in hooks]
+        if not hooks or (port is not None and not all(f":{port}/" in u for u in urls)):
+            return False
+    return True
 
 
 def wait_for(

@@ -1,7 +1,8 @@
 """The admission webhook: what CEL cannot say is refused at apply, and approvers are real users.
 
-The operator serves the webhook over TLS on loopback and registers it on the local control
-plane itself (kopf keeps the Validating/MutatingWebhookConfiguration up to date).
+The operator, started by its default command, serves the webhook over TLS on loopback and
+registers its own Validating/MutatingWebhookConfiguration (named for its install, limited
+to its namespace) on the local control plane.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from support import REPO, wait_for
 
 from tandem_operator.devcluster.controlplane import ControlPlane
 from tandem_operator.devcluster.session import KubeSession
+from tandem_operator.handlers.webhook import install_name
 
 
 def test_run_without_kubeconfig_brings_everything_up_and_down(
@@ -75,6 +76,35 @@ def test_run_without_kubeconfig_brings_everything_up_and_down(
         table = log_path.read_text()
         assert "weekly-report" in table
         assert "nightly-digest-run-1" in table
+
+        # Admission is on; once the example waits at its gate, the next two steps are
+        # printed, and they work as printed.
+        wait_for(
+            lambda: "Next, in another terminal:" in log_path.read_text(),
+            timeout=120,
+            what="the next steps",
+            describe=lambda: log_path.read_text()[-2000:],
+        )
+        lines = log_path.read_text().split("Next, in another terminal:\n", 1)[1].splitlines()
+        export, approve = lines[0].strip(), lines[1].split("#")[0].strip()
+        assert export.startswith(f"export KUBECONFIG={kubeconfig} PATH=")
+        assert approve == "kubectl automationrun approve weekly-report -n default"
+        shell = subprocess.run(
+            ["bash", "-c", f"{export} && {approve}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**env, "PYTHONPATH": str(REPO / "operator")},
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert "approve recorded for gate review by " in shell.stdout
+        assert (
+            kube.kubectl(
+                "get", "validatingwebhookconfiguration", "-o", "name", kubeconfig=kubeconfig
+            ).stdout.strip()
+            == f"validatingwebhookconfiguration.admissionregistration.k8s.io/{install_name('default')}"
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)

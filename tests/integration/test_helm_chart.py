@@ -11,10 +11,17 @@ that the same token is refused what the operator must never do.
 Runs are approved by a second ServiceAccount bound to the chart's ``-edit`` and ``-view``
 ClusterRoles, the access the built-in ``edit`` role aggregates (aggregation itself is done
 by the controller-manager, which is not running here).
+
+The chart's admission webhook is called the way the API server calls it in a cluster:
+through the chart's Service, with the chart's certificate. Without a kubelet or an
+endpoints controller the test writes the Service's endpoints itself, pointing at this
+machine's address and the port the operator listens on (the local control plane resolves
+webhook Services to their endpoints, ``--enable-aggregator-routing``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -77,7 +84,14 @@ def refused(kube: KubeSession, kubeconfig: Path, *args: str) -> str:
 class DeployedOperator:
     """The operator process started with the installed Deployment's command line and env."""
 
-    def __init__(self, *, deployment: dict[str, Any], kubeconfig: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        *,
+        deployment: dict[str, Any],
+        kubeconfig: Path,
+        log_path: Path,
+        webhook_dir: Path | None = None,
+    ) -> None:
         pod = deployment["spec"]["template"]["spec"]
         (main,) = pod["containers"]
         assert main["command"] == ["tandem-operator"]
@@ -94,6 +108,17 @@ class DeployedOperator:
         env["PYTHONPATH"] = str(REPO / "operator")
         env["PYTHONUNBUFFERED"] = "1"
         self.args = list(main["args"])
+        self.webhook_port = 0
+        if webhook_dir is not None:
+            self.webhook_port = free_port()
+            self.args = [
+                f"--webhook-port={self.webhook_port}"
+                if a.startswith("--webhook-port=")
+                else f"--webhook-cert-dir={webhook_dir}"
+                if a.startswith("--webhook-cert-dir=")
+                else a
+                for a in self.args
+            ]
         self.env = env
         self.log_path = log_path
         argv = [sys.executable, "-m", "tandem_operator.cli.main", *self.args]
@@ -186,9 +211,22 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     )
     who = kube.kubectl_json("auth", "whoami", kubeconfig=operator_kc)
     assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{fullname}"
+    # What the kubelet would mount: the chart's webhook certificate.
+    webhook_dir = mount_secret(kube, f"{fullname}-webhook-tls", namespace, tmp_path / "tls")
     operator = DeployedOperator(
-        deployment=deployment, kubeconfig=operator_kc, log_path=tmp_path / "operator.log"
+        deployment=deployment,
+        kubeconfig=operator_kc,
+        log_path=tmp_path / "operator.log",
+        webhook_dir=webhook_dir,
     )
+    admission = f"{fullname}.{namespace}.automation.tandem.dev"
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        config = kube.kubectl_json("get", kind, admission)
+        for hook in config["webhooks"]:
+            assert hook["clientConfig"]["service"]["name"] == f"{fullname}-webhook"
+            (expr,) = hook["namespaceSelector"]["matchExpressions"]
+            assert expr["values"] == [namespace]
+    point_service_here(kube, f"{fullname}-webhook", namespace, port=operator.webhook_port)
     try:
         assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in operator.args
         assert operator.env["TANDEM_CLAIM_LEASE_SECONDS"] == "4"
@@ -210,8 +248,18 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
             assert r.status == 200
             assert b"# TYPE" in r.read()
 
-        # A person with the edit role records the decision.
-        decision = {"gate": "review", "decision": "approve", "requestId": "r1"}
+        # The webhook answers through the Service: a cyclic flow is refused at apply.
+        cyclic = simulated_run("cyclic", [sim("a", dependsOn=["a"])])
+
+        def refused_cycle() -> bool:
+            result = cluster.apply_result(cyclic)
+            assert result.returncode != 0, "a cyclic flow was stored"
+            return "dependsOn forms a cycle" in result.stderr
+
+        wait_for(refused_cycle, timeout=60, what="the chart's webhook to answer")
+
+        # A person with the edit role records the decision; the name typed is not kept.
+        decision = {"gate": "review", "decision": "approve", "requestId": "r1", "decidedBy": "x"}
         kube.kubectl(
             "-n",
             namespace,
@@ -225,6 +273,8 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
         )
         status = cluster.wait_phase("gated", "Completed", "Failed", timeout=60)
         assert status["phase"] == "Completed", status.get("detail")
+        editor_name = f"system:serviceaccount:{namespace}:editor"
+        assert status["checkpoint"]["gateHistory"][0]["decidedBy"] == editor_name
         events = [r["event"] for r in status["checkpoint"]["lifecycleHistory"]]
         assert "run_awaiting_approval" in events
         assert events[-1] == "run_completed"
@@ -249,6 +299,23 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     # A graceful stop gives the Lease up (an update the Role allows).
     lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
     assert not lease["spec"].get("holderIdentity")
+    # No operator answers: decisions fail closed, other writes pass.
+    late = {"gate": "review", "decision": "cancel", "requestId": "late"}
+    closed = kube.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "automationrun",
+        "gated",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "add", "path": "/spec/gateDecisions/-", "value": late}]),
+        kubeconfig=editor_kc,
+        check=False,
+    )
+    assert closed.returncode != 0
+    assert "failed calling webhook" in closed.stderr, closed.stderr
+    cluster.kubectl("label", "automationrun", "gated", "checked=yes")
 
     # What the operator's token must never do.
     group = "automationruns.automation.tandem.dev"
@@ -285,6 +352,53 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     assert cluster.phase("gated") == "Completed"
     assert not cluster.run("gated")["metadata"].get("finalizers")
     cluster.kubectl("delete", "automationrun", "gated", "--timeout=30s")
+
+
+def mount_secret(kube: KubeSession, name: str, namespace: str, directory: Path) -> Path:
+    """The Secret's keys as files in ``directory``, as a Secret volume shows them."""
+    secret = kube.kubectl_json("get", "secret", name, "-n", namespace)
+    directory.mkdir(parents=True)
+    for key, value in secret["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
+
+
+def host_address() -> str:
+    """This machine's non-loopback address (Endpoints may not name a loopback one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+            address: str = sock.getsockname()[0]
+        except OSError:
+            pytest.skip("no non-loopback IPv4 address for the webhook Service's endpoints")
+    if address.startswith("127."):
+        pytest.skip("no non-loopback IPv4 address for the webhook Service's endpoints")
+    return address
+
+
+def point_service_here(kube: KubeSession, service: str, namespace: str, *, port: int) -> None:
+    """Endpoints (and the EndpointSlice) of ``service``: this machine at ``port``."""
+    address = host_address()
+    endpoints = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": service, "namespace": namespace},
+        "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "webhook", "port": port}]}],
+    }
+    endpoint_slice = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-here",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}],
+    }
+    docs = [json.dumps(endpoints), json.dumps(endpoint_slice)]
+    kube.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
 
 
 def editor(kube: KubeSession, *, namespace: str, fullname: str, tmp_path: Path) -> Path:

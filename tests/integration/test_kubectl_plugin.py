@@ -99,6 +99,8 @@ def test_approve_completes_a_gated_run(
     assert "  Title:        Review the draft" in described
     assert "  Instructions: Check the numbers.\n                Then decide." in described
     assert "  Decisions:    approve, rework" in described
+    assert "  Approvers:    anyone who may patch the run" in described
+    assert "  Approvals:    0/1" in described
     assert "run_awaiting_approval" in described
 
     message = refused(plugin("approve", "gated", "--gate", "publish"))
@@ -111,7 +113,9 @@ def test_approve_completes_a_gated_run(
     assert "gateDecisions" not in cluster.run("gated")["spec"]
 
     out = ok(plugin("approve", "gated", "--reason", "numbers check out"))
-    assert out.startswith("automationrun/gated: approve recorded for gate review (requestId ")
+    # The admission webhook records who wrote the decision; the plugin says so.
+    admin = cluster.kube.kubectl_json("auth", "whoami")["status"]["userInfo"]["username"]
+    assert out.startswith(f"automationrun/gated: approve recorded for gate review by {admin} (")
     status = cluster.wait_phase("gated", "Completed", timeout=60)
     (decision,) = cluster.run("gated")["spec"]["gateDecisions"]
     assert decision["gate"] == "review"
@@ -121,6 +125,8 @@ def test_approve_completes_a_gated_run(
     assert decision["requestId"] in out
     (entry,) = status["checkpoint"]["gateHistory"]
     assert (entry["decision"], entry["requestId"]) == ("approve", decision["requestId"])
+    assert entry["decidedBy"] == admin
+    assert f"review approve by {admin}" in ok(plugin("describe", "gated"))
 
     message = refused(plugin("approve", "gated"))
     assert (

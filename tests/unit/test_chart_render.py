@@ -10,6 +10,8 @@ round-trips through ``Settings.from_env``, and a misspelt value fails the render
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -19,11 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from tandem_operator.api import settings as settings_module
 from tandem_operator.api.crdgen import rendered_files
 from tandem_operator.api.settings import Settings
 from tandem_operator.devcluster.tools import ToolsError, ensure_binaries
+from tandem_operator.handlers.webhook import Registration, configurations
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tandem-operator"
@@ -32,6 +36,13 @@ NAMESPACE = "tandem-system"
 FULLNAME = "tandem-tandem-operator"  # the release name does not contain the chart name
 GROUP = "automation.tandem.dev"
 KINDS = ["automationruns", "automations", "agentquotaoverrides", "agentendpoints"]
+WEBHOOK_CONFIG = f"{FULLNAME}.{NAMESPACE}.{GROUP}"
+WEBHOOK_ARGS = [
+    "--webhook-addr=0.0.0.0",
+    "--webhook-port=9443",
+    "--webhook-cert-dir=/etc/tandem-operator/webhook",
+    "--webhook-registration=none",
+]
 
 OPERATOR_RULES = [
     {"apiGroups": [GROUP], "resources": KINDS, "verbs": ["get", "list", "watch"]},
@@ -136,6 +147,10 @@ def test_default_render_has_one_of_each_resource(helm: Path) -> None:
         ("RoleBinding", f"{FULLNAME}-leader-election", NAMESPACE),
         ("ClusterRole", f"{FULLNAME}-view", None),
         ("ClusterRole", f"{FULLNAME}-edit", None),
+        ("Secret", f"{FULLNAME}-webhook-tls", NAMESPACE),
+        ("Service", f"{FULLNAME}-webhook", NAMESPACE),
+        ("MutatingWebhookConfiguration", WEBHOOK_CONFIG, None),
+        ("ValidatingWebhookConfiguration", WEBHOOK_CONFIG, None),
     }
 
 
@@ -173,6 +188,7 @@ def test_cluster_mode_runs_the_operator_for_all_namespaces(helm: Path) -> None:
         f"--lease-namespace={NAMESPACE}",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-port=9090",
+        *WEBHOOK_ARGS,
     ]
     env = {e["name"]: e for e in main["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -183,7 +199,7 @@ def test_probes_hit_the_liveness_endpoint_the_operator_serves(helm: Path) -> Non
     assert main["args"][:2] == ["--verbose", "run"]
     assert "--liveness=http://0.0.0.0:8181/healthz" in main["args"]
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    assert ports == {"health": 8181, "metrics": 9090}
+    assert ports == {"health": 8181, "metrics": 9090, "webhook": 9443}
     for probe in (main["livenessProbe"], main["readinessProbe"]):
         assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
 
@@ -331,6 +347,7 @@ def test_namespaced_mode_grants_nothing_outside_the_watched_namespaces(helm: Pat
         f"--lease-namespace={NAMESPACE}",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-port=9090",
+        *WEBHOOK_ARGS,
     ]
 
 
@@ -420,8 +437,8 @@ def test_metrics_service_as_a_node_port(helm: Path) -> None:
     assert service["spec"]["ports"][0]["nodePort"] == 30090
     off = render(helm, "--set", "metrics.enabled=false")
     assert ("Service", f"{FULLNAME}-metrics", NAMESPACE) not in kinds(off)
-    assert [p["name"] for p in container(off)["ports"]] == ["health"]
-    assert container(off)["args"][-1] == "--metrics-port=0"
+    assert [p["name"] for p in container(off)["ports"]] == ["health", "webhook"]
+    assert "--metrics-port=0" in container(off)["args"]
 
 
 def test_service_monitor_without_metrics_fails(helm: Path) -> None:
@@ -561,3 +578,65 @@ def test_every_value_is_documented_with_an_example() -> None:
             undocumented.append(path)
     assert groups >= {"image", "settings", "metrics.service"}
     assert undocumented == []
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def _without_client_config(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in hook.items() if k != "clientConfig"} for hook in config["webhooks"]]
+
+
+@pytest.mark.parametrize("namespaces", [[], ["team-b", "team-a"]])
+def test_webhook_configurations_are_the_operators_own(helm: Path, namespaces: list[str]) -> None:
+    """The chart's webhooks are what ``handlers.webhook.configurations`` builds, by Service."""
+    extra = ["--set", f"watchNamespaces={{{','.join(namespaces)}}}"] if namespaces else []
+    docs = render(helm, *extra)
+    secret = find(docs, "Secret", f"{FULLNAME}-webhook-tls", NAMESPACE)
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    service = {"namespace": NAMESPACE, "name": f"{FULLNAME}-webhook", "port": 443}
+    expected = configurations(
+        Registration(
+            name=WEBHOOK_CONFIG, namespaces=namespaces or None, ca_bundle=ca, service=service
+        )
+    )
+    for want in expected:
+        got = find(docs, want["kind"], WEBHOOK_CONFIG)
+        assert _without_client_config(got) == _without_client_config(want)
+        for hook, wanted in zip(got["webhooks"], want["webhooks"], strict=True):
+            assert hook["clientConfig"] == wanted["clientConfig"]
+    hooks = find(docs, "ValidatingWebhookConfiguration", WEBHOOK_CONFIG)["webhooks"]
+    assert [h["failurePolicy"] for h in hooks] == ["Fail", "Ignore", "Ignore"]
+
+
+def test_webhook_certificate_serves_the_service_and_restarts_pods_when_it_changes(
+    helm: Path,
+) -> None:
+    docs = render(helm)
+    secret = find(docs, "Secret", f"{FULLNAME}-webhook-tls", NAMESPACE)
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    assert cert.issuer == ca.subject
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{FULLNAME}-webhook.{NAMESPACE}.svc" in names.get_values_for_type(x509.DNSName)
+    pod = find(docs, "Deployment", FULLNAME, NAMESPACE)["spec"]["template"]
+    checksum = hashlib.sha256(secret["data"]["tls.crt"].encode()).hexdigest()
+    assert pod["metadata"]["annotations"]["checksum/webhook-tls"] == checksum
+    main = container(docs)
+    assert "--webhook-registration=none" in main["args"]
+    assert "--webhook-port=9443" in main["args"]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in main["ports"]
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "webhook-tls")
+    assert mount["readOnly"] is True
+    assert "--webhook-cert-dir=" + mount["mountPath"] in main["args"]
+    service = find(docs, "Service", f"{FULLNAME}-webhook", NAMESPACE)
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+
+
+def test_webhook_can_be_turned_off(helm: Path) -> None:
+    docs = render(helm, "--set", "webhook.enabled=false")
+    assert not [d for d in docs if "Webhook" in d["kind"] or "webhook" in d["metadata"]["name"]]
+    assert "--no-webhook" in container(docs)["args"]

@@ -1295,6 +1295,58 @@ def test_approve_completes_the_gate_and_continues() -> None:
     assert run.s.phase == "Completed"
 
 
+def test_a_quorum_counts_distinct_approvers_and_the_last_one_passes_the_gate() -> None:
+    """B18c: with requiredApprovals 2, one approval keeps the gate waiting (listed in
+    awaitingGate.approvals and gateHistory), the same user again adds nothing, and a
+    second user passes it."""
+    flow = make_flow(
+        task("collect"),
+        task("draft", "collect"),
+        gate("review", "draft", requiredApprovals=2),
+        task("publish", "review"),
+    )
+    run = at_gate(flow)
+    d = decide_gate(run, "approve", decidedBy="alice")
+    assert run.s.phase == "AwaitingApproval"
+    gate_state = run.cp.awaiting_gate
+    assert gate_state is not None
+    assert [a.user for a in gate_state.approvals] == ["alice"]
+    assert [(e.decision, e.decided_by) for e in run.cp.gate_history] == [("approve", "alice")]
+    assert record_events(d) == []
+    assert [e.reason for e in d.events] == ["GateApprovalRecorded"]
+    assert run.s.detail == "awaiting approval at gate `review`: approved by alice (1/2)"
+
+    d = decide_gate(run, "approve", decidedBy="alice")
+    assert run.s.phase == "AwaitingApproval"
+    assert [e.decided_by for e in run.cp.gate_history] == ["alice"]
+    assert d.events == ()
+
+    d = decide_gate(run, "approve", decidedBy="bob")
+    assert record_events(d) == ["run_gate_approved", "run_started"]
+    assert [e.decided_by for e in run.cp.gate_history] == ["alice", "bob"]
+    assert "review" in run.cp.completed_nodes
+
+
+def test_a_rework_in_a_quorum_acts_at_once_and_the_reopened_gate_asks_anew() -> None:
+    flow = make_flow(
+        task("collect"),
+        task("draft", "collect"),
+        gate("review", "draft", requiredApprovals=2),
+        task("publish", "review"),
+    )
+    run = at_gate(flow)
+    decide_gate(run, "approve", decidedBy="alice")
+    d = decide_gate(run, "rework", decidedBy="bob")
+    assert "run_gate_reworked" in record_events(d)
+    run.report("draft")
+    assert run.s.phase == "AwaitingApproval"
+    gate_state = run.cp.awaiting_gate
+    assert gate_state is not None
+    assert gate_state.approvals == []
+    decide_gate(run, "approve", decidedBy="alice")
+    assert run.s.phase == "AwaitingApproval"  # alice's earlier approval was for the old request
+
+
 def test_a_node_blocked_before_the_gate_opened_still_blocks_the_run() -> None:
     flow = make_flow(gate("review"), task("side"))
     run = Run(flow)

@@ -5,6 +5,7 @@ Runs are hand-built dicts shaped like what the API server returns; time is passe
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -242,12 +243,38 @@ def test_describe_shows_the_tree_the_gate_and_the_history() -> None:
         "                Check the facts.",
         "  Decisions:    approve, rework",
         "  Requested:    2026-11-24T01:01:00.000Z (4m ago)",
+        "  Approvers:    anyone who may patch the run",
+        "  Approvals:    0/1",
         "Lifecycle (last 3 of 3):",
         "  AGE     EVENT                   STOP KIND   REASON",
         "  5m      run_queued              -           created",
         "  4m59s   run_started             -           admitted",
         "  4m      run_awaiting_approval   -",
     ]
+
+
+def test_describe_says_who_may_approve_and_who_did() -> None:
+    run = copy.deepcopy(gated_run())
+    review = next(n for n in run["spec"]["automation"]["nodes"] if n["id"] == "review")
+    review["approval"]["approvers"] = {"users": ["alice"], "groups": ["release-managers"]}
+    review["approval"]["requiredApprovals"] = 2
+    cp = run["status"]["checkpoint"]
+    cp["gateHistory"] = [
+        {
+            "nodeId": "review",
+            "decision": "approve",
+            "decidedBy": "alice",
+            "decidedAt": "2026-11-24T01:02:00.000Z",
+        }
+    ]
+    lines = render_describe(run, now_ms=NOW).splitlines()
+    assert "  Approvers:    users alice; groups release-managers" in lines
+    # Counted from gateHistory when the operator has not listed approvals yet...
+    assert "  Approvals:    1/2 (alice)" in lines
+    assert "  review approve by alice at 2026-11-24T01:02:00.000Z" in lines
+    # ... and as the operator lists them once it does.
+    cp["awaitingGate"]["approvals"] = [{"user": "bob"}, {"user": "carol"}]
+    assert "  Approvals:    2/2 (bob, carol)" in render_describe(run, now_ms=NOW).splitlines()
 
 
 def test_describe_a_stopped_run() -> None:

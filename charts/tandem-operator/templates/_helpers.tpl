@@ -91,3 +91,66 @@ when it watches all namespaces, and by a Role in each namespace of watchNamespac
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/*
+The fields every webhook of this release shares (see admission.yaml). Arguments: root,
+resource, path, fail (failurePolicy Fail, else Ignore), service, ca (base64 PEM).
+*/}}
+{{- define "tandem-operator.webhookCommon" -}}
+{{- $root := .root -}}
+admissionReviewVersions: ["v1"]
+sideEffects: None
+failurePolicy: {{ ternary "Fail" "Ignore" .fail }}
+matchPolicy: Equivalent
+timeoutSeconds: 10
+rules:
+  - apiGroups: ["automation.tandem.dev"]
+    apiVersions: ["*"]
+    resources: [{{ .resource }}]
+    operations: ["CREATE", "UPDATE"]
+    scope: Namespaced
+{{- if $root.Values.watchNamespaces }}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: In
+      values:
+        {{- range (sortAlpha $root.Values.watchNamespaces) }}
+        - {{ . }}
+        {{- end }}
+{{- else }}
+namespaceSelector: {}
+{{- end }}
+clientConfig:
+  service:
+    namespace: {{ $root.Release.Namespace }}
+    name: {{ .service }}
+    port: 443
+    path: {{ .path }}
+  caBundle: {{ .ca }}
+{{- end }}
+
+{{/*
+The webhook's certificate as JSON {crt, key, ca} (base64 PEM): the stored Secret's when it
+exists (upgrades keep it), else a new CA and serving certificate for the webhook Service.
+Made once per render and kept in a dict on .Values, so admission.yaml and the Deployment's
+checksum see the same one whichever is rendered first.
+*/}}
+{{- define "tandem-operator.webhookTLS" -}}
+{{- if not (hasKey .Values "__webhookTLS") -}}
+{{- $fullname := include "tandem-operator.fullname" . -}}
+{{- $service := printf "%s-webhook" $fullname -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-webhook-tls" $fullname) -}}
+{{- $data := dict -}}
+{{- if $existing -}}{{- $data = $existing.data | default dict -}}{{- end -}}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
+{{- $_ := set .Values "__webhookTLS" (dict "crt" (index $data "tls.crt") "key" (index $data "tls.key") "ca" (index $data "ca.crt")) -}}
+{{- else -}}
+{{- $authority := genCA (printf "%s-webhook-ca" $fullname) 3650 -}}
+{{- $host := printf "%s.%s.svc" $service .Release.Namespace -}}
+{{- $cert := genSignedCert $host nil (list $host (printf "%s.cluster.local" $host)) 3650 $authority -}}
+{{- $_ := set .Values "__webhookTLS" (dict "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) "ca" ($authority.Cert | b64enc)) -}}
+{{- end -}}
+{{- end -}}
+{{- get .Values "__webhookTLS" | toJson -}}
+{{- end }}

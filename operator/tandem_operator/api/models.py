@@ -65,6 +65,8 @@ MAX_AGENTS = 32
 MAX_GATE_DECISIONS = 256
 MAX_TTL_SECONDS = 31_536_000
 """One year: the longest time to live a run or the history settings can ask for."""
+MAX_APPROVERS = 64
+MAX_REQUIRED_APPROVALS = 5
 
 
 class ApiModel(BaseModel):
@@ -173,6 +175,21 @@ class ApprovalExpiry(ApiModel):
     remind records approval_gate_reminder_due."""
 
 
+class Approvers(ApiModel):
+    users: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="Kubernetes usernames that may decide this gate, as the API server "
+        "authenticates them (e.g. alice, system:serviceaccount:team-a:release-bot)",
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=MAX_APPROVERS,
+        description="Kubernetes groups whose members may decide this gate, as the API server "
+        "authenticates them (e.g. release-managers, system:serviceaccounts:team-a)",
+    )
+
+
 class Approval(ApiModel):
     title: str | None = Field(default=None, max_length=256)
     """Title shown in status.checkpoint.awaitingGate."""
@@ -188,6 +205,18 @@ class Approval(ApiModel):
     expiry: ApprovalExpiry | None = None
     """What happens when nobody decides in time; without it the gate waits and is only marked stale
     (B4)."""
+    approvers: Approvers | None = Field(
+        default=None,
+        description="Who may decide this gate (B18b); unset: anyone allowed to patch the run. "
+        "Enforced at admission: a decision by anyone else is refused",
+    )
+    required_approvals: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REQUIRED_APPROVALS,
+        description="Distinct users who must approve the gate's current request before it "
+        "passes (B18c); one rework or cancel acts at once",
+    )
 
 
 class Node(ApiModel):
@@ -359,6 +388,11 @@ class AutomationRunSpec(ApiModel):
 # --------------------------------------------------------------------------- status
 
 
+class GateApproval(ApiModel):
+    user: str = Field(description="The authenticated user who approved")
+    decided_at: Timestamp | None = Field(default=None, description="When the approval was applied")
+
+
 class AwaitingGate(ApiModel):
     node_id: str
     """The Approval node that waits."""
@@ -374,6 +408,10 @@ class AwaitingGate(ApiModel):
     """When the gate started waiting."""
     metadata: FreeForm | None = None
     """Operator notes on the gate, such as stale: true and when it was marked (B4)."""
+    approvals: list[GateApproval] = Field(
+        default_factory=list,
+        description="Distinct users who approved this request of the gate so far (B18c)",
+    )
 
 
 class GateHistoryEntry(ApiModel):

@@ -7,7 +7,11 @@ Subcommands:
   pod's service account. Otherwise it is the embedded default: it starts the local control
   plane, installs the CRDs, runs the operator, applies ``examples/`` and prints the runs as
   they change; Ctrl-C stops everything. Prometheus metrics are served at ``/metrics`` on
-  ``--metrics-port`` (default 9090; 0 turns them off).
+  ``--metrics-port`` (default 9090; 0 turns them off). The admission webhook is on
+  (``--no-webhook`` turns it off): outside a cluster it listens on loopback on a free port
+  (or ``--webhook-port``) and, once it answers, this command registers it by URL with this
+  install's own configurations (``handlers.webhook.configurations``); in a pod it only
+  serves, and the Helm chart registers it through a Service (``--webhook-registration``).
 - ``cluster up|down [--dir D] [--no-nodes]``: the local kube-apiserver + etcd, and fake
   Nodes that run Pods unless ``--no-nodes`` (see ``devcluster``).
 - ``crds install``: server-side apply of the generated CRDs, then wait until Established.
@@ -27,10 +31,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +136,34 @@ def _runs_table(api: pykube.HTTPClient) -> str:
     )
 
 
-async def _show_runs(kubeconfig: Path, stop: asyncio.Event) -> None:
+def next_steps(*, kubeconfig: Path, kubectl: Path, namespace: str, run: str) -> str:
+    """The two things a newcomer does next on the local cluster: use kubectl, approve.
+
+    ``PATH`` gets the built kubectl's directory and this Python's scripts directory, where
+    the ``kubectl-automationrun`` plugin is installed next to ``tandem-operator``.
+    """
+    scripts = Path(sys.executable).parent
+    return (
+        "\nNext, in another terminal:\n"
+        f"  export KUBECONFIG={kubeconfig} PATH={kubectl.parent}:{scripts}:$PATH\n"
+        f"  kubectl automationrun approve {run} -n {namespace}"
+        f"   # describe {run} shows who may approve\n"
+    )
+
+
+def _waiting_run(api: pykube.HTTPClient) -> tuple[str, str] | None:
+    response = api.get(version="automation.tandem.dev/v1alpha1", url="automationruns")
+    api.raise_for_status(response)
+    for item in response.json().get("items", []):
+        if (item.get("status") or {}).get("phase") == "AwaitingApproval":
+            return item["metadata"]["namespace"], item["metadata"]["name"]
+    return None
+
+
+async def _show_runs(kubeconfig: Path, stop: asyncio.Event, *, kubectl: Path) -> None:
     api = _client(kubeconfig)
     last = ""
+    hinted = False
     while not stop.is_set():
         try:
             table = await asyncio.to_thread(_runs_table, api)
@@ -141,6 +172,16 @@ async def _show_runs(kubeconfig: Path, stop: asyncio.Event) -> None:
         if table != last:
             print(f"\n{time.strftime('%H:%M:%S')} AutomationRuns\n{table}", flush=True)
             last = table
+            if not hinted:
+                with contextlib.suppress(Exception):
+                    waiting = await asyncio.to_thread(_waiting_run, api)
+                    if waiting is not None:
+                        namespace, run = waiting
+                        hint = next_steps(
+                            kubeconfig=kubeconfig, kubectl=kubectl, namespace=namespace, run=run
+                        )
+                        print(hint, flush=True)
+                        hinted = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=2)
 
@@ -159,6 +200,122 @@ def apply_examples(kubeconfig: Path, kubectl: Path, directory: Path) -> None:
         )
         out = (result.stdout + result.stderr).strip()
         print(out, flush=True)
+
+
+class AdmissionRegistrationError(RuntimeError):
+    """The webhook configurations could not be applied; the message says what to do."""
+
+
+def apply_admission(kubeconfig: Path | None, manifests: list[dict[str, Any]]) -> None:
+    """Server-side apply the webhook configurations (cluster-scoped, one pair per install)."""
+    api = _client(kubeconfig)
+    for manifest in manifests:
+        plural = manifest["kind"].lower() + "s"
+        response = api.patch(
+            version="admissionregistration.k8s.io/v1",
+            url=f"{plural}/{manifest['metadata']['name']}",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            headers={"Content-Type": "application/apply-patch+yaml"},
+            data=json.dumps(manifest),
+        )
+        if response.status_code == 403:
+            raise AdmissionRegistrationError(
+                f"not allowed to register the admission webhook ({plural} "
+                f"{manifest['metadata']['name']}): grant create and patch on "
+                "mutatingwebhookconfigurations and validatingwebhookconfigurations, or "
+                "register it otherwise and pass --webhook-registration=none (the Helm chart "
+                "does), or run without it (--no-webhook)"
+            )
+        api.raise_for_status(response)
+
+
+def _free_port(addr: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _listening(addr: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(addr, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def _register_admission(
+    *,
+    kubeconfig: Path | None,
+    registration: Any,
+    addr: str,
+    port: int,
+    stop: asyncio.Event,
+    registered: asyncio.Event,
+) -> None:
+    """Once the webhook answers, register this install's configurations by URL.
+
+    The configurations stay when the operator stops: decisions then fail closed until an
+    operator of this install is back (the next start registers its own URL and CA). Every
+    ``ADMISSION_RECHECK_SECONDS`` the registration is read back: when another process of
+    the same install registered itself and has gone since (its port no longer answers),
+    this one registers itself again, so a running process always serves its install.
+    """
+    from tandem_operator.handlers.webhook import configurations
+
+    while not stop.is_set():
+        if not await _listening(addr, port):
+            await asyncio.sleep(0.2)
+            continue
+        await asyncio.to_thread(apply_admission, kubeconfig, configurations(registration))
+        log.info("Admission webhook registered name=%s url=%s", registration.name, registration.url)
+        registered.set()
+        break
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ADMISSION_RECHECK_SECONDS)
+        if stop.is_set():
+            break
+        try:
+            url = await asyncio.to_thread(_registered_url, kubeconfig, registration.name)
+            if url is not None and url.startswith(registration.url + "/"):
+                continue
+            if url is not None and await _url_answers(url):
+                continue
+            await asyncio.to_thread(apply_admission, kubeconfig, configurations(registration))
+            log.info(
+                "Admission webhook registered again name=%s url=%s replaced=%s",
+                registration.name,
+                registration.url,
+                url,
+            )
+        except Exception:
+            log.exception("Admission webhook registration not checked name=%s", registration.name)
+
+
+ADMISSION_RECHECK_SECONDS = 5.0
+
+
+def _registered_url(kubeconfig: Path | None, name: str) -> str | None:
+    """The URL the install's validating configuration calls; ``None`` when it has none."""
+    api = _client(kubeconfig)
+    response = api.get(
+        version="admissionregistration.k8s.io/v1", url=f"validatingwebhookconfigurations/{name}"
+    )
+    if response.status_code == 404:
+        return None
+    api.raise_for_status(response)
+    hooks = response.json().get("webhooks") or []
+    url = ((hooks[0] if hooks else {}).get("clientConfig") or {}).get("url")
+    return str(url) if url else None
+
+
+async def _url_answers(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None:
+        return False
+    return await _listening(parts.hostname, parts.port or 443)
 
 
 def _in_cluster() -> bool:
@@ -182,6 +339,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = str(kubeconfig)
     namespaces = None if args.all_namespaces else (args.namespace or None)
     lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    webhook_options, registration = _webhook_options(
+        args, namespaces=namespaces, lease_namespace=lease_namespace
+    )
     try:
         asyncio.run(
             _serve(
@@ -192,7 +352,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 embedded=embedded,
                 kubeconfig=kubeconfig,
                 examples=args.examples,
-                webhook_options=_webhook_options(args),
+                webhook_options=webhook_options,
+                registration=registration,
                 metrics_port=args.metrics_port,
             )
         )
@@ -205,18 +366,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webhook_options(args: argparse.Namespace) -> Any:
-    if not args.webhook_port:
-        return None
+def _webhook_options(
+    args: argparse.Namespace, *, namespaces: list[str] | None, lease_namespace: str
+) -> tuple[Any, Any]:
+    """The webhook server's options and, when this command registers it, its Registration."""
+    if not args.webhook:
+        return None, None
     from tandem_operator.handlers.operator import WebhookOptions
+    from tandem_operator.handlers.webhook import Registration, ensure_certificate, install_name
 
+    host = args.webhook_host or args.webhook_addr
+    port = args.webhook_port or _free_port(args.webhook_addr)
     cert_dir = args.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="tandem-webhook-"))
-    return WebhookOptions(
-        addr=args.webhook_addr,
-        port=args.webhook_port,
-        host=args.webhook_host or args.webhook_addr,
-        cert_dir=cert_dir,
+    cert, _ = ensure_certificate(cert_dir, host=host)
+    options = WebhookOptions(addr=args.webhook_addr, port=port, host=host, cert_dir=cert_dir)
+    mode = args.webhook_registration or ("none" if _in_cluster() else "url")
+    if mode == "none":
+        return options, None
+    registration = Registration(
+        name=install_name(lease_namespace),
+        namespaces=namespaces,
+        ca_bundle=cert.read_bytes(),
+        url=f"https://{host}:{port}",
     )
+    return options, registration
 
 
 async def _serve(
@@ -229,6 +402,7 @@ async def _serve(
     kubeconfig: Path | None,
     examples: Path,
     webhook_options: Any = None,
+    registration: Any = None,
     metrics_port: int = 0,
 ) -> None:
     from tandem_operator.handlers.operator import run_operator
@@ -250,13 +424,31 @@ async def _serve(
             )
         )
     ]
+    registered = asyncio.Event()
+    if registration is not None:
+        tasks.append(
+            asyncio.create_task(
+                _register_admission(
+                    kubeconfig=kubeconfig,
+                    registration=registration,
+                    addr=webhook_options.addr,
+                    port=webhook_options.port,
+                    stop=stop,
+                    registered=registered,
+                )
+            )
+        )
+    else:
+        registered.set()
     if embedded and kubeconfig is not None:
         from tandem_operator.devcluster.tools import ensure_binaries
 
         kubectl = ensure_binaries().kubectl
         await asyncio.sleep(1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(registered.wait(), timeout=60)
         await asyncio.to_thread(apply_examples, kubeconfig, kubectl, examples)
-        tasks.append(asyncio.create_task(_show_runs(kubeconfig, stop)))
+        tasks.append(asyncio.create_task(_show_runs(kubeconfig, stop, kubectl=kubectl)))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -301,10 +493,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
     )
     run.add_argument(
+        "--no-webhook",
+        dest="webhook",
+        action="store_false",
+        help="no admission webhook (decisions are then not checked or stamped)",
+    )
+    run.add_argument(
         "--webhook-port",
-        type=int,
+        type=_port,
         default=0,
-        help="serve the admission webhook on this port and register it (0: off)",
+        help="port of the admission webhook (default 0: a free port)",
+    )
+    run.add_argument(
+        "--webhook-registration",
+        choices=["url", "none"],
+        default=None,
+        help="url: register this install's webhook configurations by URL (default outside "
+        "a cluster); none: only serve (default in a pod, where the chart registers them)",
     )
     run.add_argument("--webhook-addr", default="127.0.0.1", help="address the webhook listens on")
     run.add_argument(

@@ -6,9 +6,13 @@ named ``kubectl-<name>`` on ``PATH`` and runs it for ``kubectl <name>``. Command
 - ``list [-A] [-o json]``: name, phase, nodes done, detail, age.
 - ``describe NAME``: phase and detail, stop kind and reason, the node tree (following
   ``dependsOn``) with each node's state and attempts, the gate that waits with its title,
-  instructions and decisions, usage and the latest lifecycle records.
+  instructions and decisions, who may decide it (``approvers``), how many approvals it
+  needs and who approved so far (B18), who decided earlier gates, usage and the latest
+  lifecycle records.
 - ``approve|rework|cancel-gate NAME [--gate G] [--reason R]``: append a decision to
-  ``spec.gateDecisions`` (B11) with a fresh ``requestId``.
+  ``spec.gateDecisions`` (B11) with a fresh ``requestId``. The admission webhook records
+  who wrote it (``decidedBy``) and refuses users the gate's ``approvers`` do not list; the
+  plugin prints the name recorded, or the webhook's refusal.
 - ``pause NAME [--reason R]``, ``resume NAME``, ``cancel NAME``: ``spec.desiredState``
   (B12, B13).
 - ``recover NAME``: a new ``spec.recover.requestId`` (B14).
@@ -40,11 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pydantic
 import pykube
 import requests
 
-from tandem_operator.api.models import ALL_DECISIONS, API_VERSION
+from tandem_operator.api.models import ALL_DECISIONS, API_VERSION, Checkpoint
 from tandem_operator.api.vocabulary import OPERATOR_PAUSES, RECOVERABLE_PHASES, TERMINAL_PHASES
+from tandem_operator.lifecycle.approvals import approvals_so_far
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.runtime.ports import wall_ms
 
@@ -371,14 +377,15 @@ def render_describe(run: Run, *, now_ms: int, automation: Mapping[str, Any] | No
         out.extend(f"  {line}" for line in render_node_tree(lines))
     else:
         out.append("  (flow not available)")
-    out.extend(_render_gate(run, now_ms=now_ms))
+    out.extend(_render_gate(run, now_ms=now_ms, automation=automation))
     history = cp.get("gateHistory") or []
     if history:
         out.append("Gate decisions:")
         for entry in history[-5:]:
             who = f" by {entry['decidedBy']}" if entry.get("decidedBy") else ""
+            when = f" at {entry['decidedAt']}" if entry.get("decidedAt") else ""
             why = f": {entry['reason']}" if entry.get("reason") else ""
-            out.append(f"  {entry.get('nodeId')} {entry.get('decision')}{who}{why}")
+            out.append(f"  {entry.get('nodeId')} {entry.get('decision')}{who}{when}{why}")
     records = cp.get("lifecycleHistory") or []
     total = int((status.get("counters") or {}).get("lifecycleRecords") or len(records))
     shown = records[-DESCRIBE_RECORDS:]
@@ -390,7 +397,39 @@ def render_describe(run: Run, *, now_ms: int, automation: Mapping[str, Any] | No
     return "\n".join(out)
 
 
-def _render_gate(run: Run, *, now_ms: int) -> list[str]:
+def gate_approvers(
+    run: Run, gate_id: str, automation: Mapping[str, Any] | None = None
+) -> tuple[str, int]:
+    """Who may decide ``gate_id`` (text) and how many approvals it needs, from the flow."""
+    node = next((n for n in flow_nodes(run, automation) if n.get("id") == gate_id), {})
+    approval = node.get("approval") or {}
+    required = int(approval.get("requiredApprovals") or 1)
+    approvers = approval.get("approvers")
+    if approvers is None:
+        return "anyone who may patch the run", required
+    users = ", ".join(approvers.get("users") or []) or "none"
+    groups = ", ".join(approvers.get("groups") or []) or "none"
+    return f"users {users}; groups {groups}", required
+
+
+def approved_so_far(run: Run) -> list[str]:
+    """Users who approved the awaiting gate's current request (``awaitingGate.approvals``)."""
+    gate = _checkpoint(run).get("awaitingGate") or {}
+    listed = [str(a.get("user")) for a in gate.get("approvals") or [] if a.get("user")]
+    if listed:
+        return listed
+    try:
+        checkpoint = Checkpoint.model_validate(_checkpoint(run))
+    except pydantic.ValidationError:
+        return []
+    if checkpoint.awaiting_gate is None:
+        return []
+    return [a.user for a in approvals_so_far(checkpoint.gate_history, checkpoint.awaiting_gate)]
+
+
+def _render_gate(
+    run: Run, *, now_ms: int, automation: Mapping[str, Any] | None = None
+) -> list[str]:
     gate = _checkpoint(run).get("awaitingGate")
     if not gate or _status(run).get("phase") != "AwaitingApproval":
         return [_field("Gate", "none awaiting")]
@@ -408,6 +447,15 @@ def _render_gate(run: Run, *, now_ms: int) -> list[str]:
     if gate.get("requestedAt"):
         requested = gate["requestedAt"]
         out.append(_field("  Requested", f"{requested} ({age(requested, now_ms=now_ms)} ago)"))
+    who, required = gate_approvers(run, str(gate.get("nodeId", "")), automation)
+    out.append(_field("  Approvers", who))
+    approved = approved_so_far(run)
+    out.append(
+        _field(
+            "  Approvals",
+            f"{len(approved)}/{required}" + (f" ({', '.join(approved)})" if approved else ""),
+        )
+    )
     metadata = gate.get("metadata") or {}
     if metadata.get("stale"):
         out.append(
@@ -700,8 +748,16 @@ def _cmd_gate(client: RunClient, args: argparse.Namespace) -> int:
         gates[:] = [(_checkpoint(run).get("awaitingGate") or {}).get("nodeId", "")]
         return client.json_patch(args.name, ops)
 
-    _write(client, args.name, attempt)
-    print(f"{KIND}/{args.name}: {decision} recorded for gate {gates[0]} (requestId {request_id})")
+    patched = _write(client, args.name, attempt)
+    stored = [
+        d
+        for d in (patched.get("spec") or {}).get("gateDecisions") or []
+        if d.get("requestId") == request_id
+    ]
+    by = f" by {stored[0]['decidedBy']}" if stored and stored[0].get("decidedBy") else ""
+    print(
+        f"{KIND}/{args.name}: {decision} recorded for gate {gates[0]}{by} (requestId {request_id})"
+    )
     return 0
 
 

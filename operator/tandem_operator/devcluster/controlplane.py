@@ -27,7 +27,8 @@ Design choices:
   that it has created ``default`` yet, and the first ``kubectl apply`` into it would race.
 * etcd runs with ``--unsafe-no-fsync`` (the data is disposable; writes get much faster) and
   kube-apiserver with ``--endpoint-reconciler-type=none`` (the ``kubernetes`` Service may
-  not point at a loopback address; without this the apiserver logs an error every 10s).
+  not point at a loopback address; without this the apiserver logs an error every 10s),
+  and ``--enable-aggregator-routing`` (Services of webhooks resolve to their endpoints).
 * ``stop_*``/``restart_*`` take ``graceful``: SIGTERM (etcd then waits several seconds for
   the apiserver's open watch streams) or SIGKILL straight away, the crash chaos tests want.
 * Two lifetimes. Attached (the pytest fixture): each child is in its own session, so a
@@ -279,6 +280,10 @@ def apiserver_flags(*, etcd_url: str, secure_port: int, pki: Pki) -> list[str]:
         # The "kubernetes" Service cannot point at a loopback address (Endpoints validation
         # rejects 127.0.0.0/8) and nothing runs in-cluster to use it, so do not reconcile it.
         "--endpoint-reconciler-type=none",
+        # Webhooks behind a Service are called at an endpoint address, not the ClusterIP
+        # (no kube-proxy routes it here): a Helm-installed admission webhook is reachable
+        # through endpoints that point at this machine.
+        "--enable-aggregator-routing=true",
     ]
 
 

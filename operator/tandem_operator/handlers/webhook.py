@@ -1,26 +1,38 @@
-"""Admission webhooks for what the CRD schema and CEL cannot say.
+"""Admission webhooks for what the CRD schema and CEL cannot say, and who decided a gate.
 
-Two kopf admission handlers on AutomationRuns (and one on Automations):
+Three kopf admission handlers, each served at the path of its id:
 
-- **mutating**: every *new* ``spec.gateDecisions`` entry gets ``decidedBy`` set to the
-  authenticated user of the admission request, overwriting whatever the request carried.
-  gateHistory's ``decidedBy`` is therefore who really wrote the decision, never a value a
-  user typed into the spec.
-- **validating**: ``lifecycle.validation`` — dependsOn cycles, rework targets that are not
-  upstream of their gate, decisions naming unknown gates or decisions the gate does not
-  allow. A rejection names the field, as the API server's schema errors do.
+- ``/stamp-decisions`` (mutating, AutomationRuns): every *new* ``spec.gateDecisions`` entry
+  gets ``decidedBy`` set to the authenticated user of the admission request, overwriting
+  whatever the request carried (B18a). An old entry that a client re-sent without its
+  ``decidedBy`` (``kubectl apply`` of a manifest that lists earlier decisions) gets the
+  stored one back, so the append-only rule of the schema still holds.
+- ``/validate-run`` (validating, AutomationRuns): ``lifecycle.validation`` - dependsOn
+  cycles, rework targets that are not upstream of their gate, decisions naming unknown
+  gates or decisions the gate does not allow (B18d), ``decidedBy`` equal to the user, and
+  the gate's ``approvers`` (B18b, groups as the API server authenticated them).
+- ``/validate-automation`` (validating, Automations): the flow checks.
 
-The webhook server is kopf's, over TLS. Without a certificate it generates a CA and a
-serving certificate (``cryptography``) for the host it advertises; kopf then keeps the
-``ValidatingWebhookConfiguration``/``MutatingWebhookConfiguration`` named
-``tandem-operator.automation.tandem.dev`` up to date with its URL and CA bundle.
+Registration. kopf's own managed mode writes one configuration with a fixed name and no
+namespace selector, so several operators of one cluster would overwrite each other; and it
+cannot say "fail closed for decisions, open for the rest". The configurations are built
+here instead (:func:`configurations`, pure) and applied by whoever installs the operator:
+``tandem-operator run`` outside a cluster (by URL, on loopback), the Helm chart in a
+cluster (by Service). Each install has its own object names (:func:`install_name`) and a
+``namespaceSelector`` on ``kubernetes.io/metadata.name`` for the namespaces it watches.
+Requests that change ``spec.gateDecisions`` (a CEL ``matchConditions`` entry) go to
+webhooks with ``failurePolicy: Fail``: while the webhook is down, nobody can record a
+decision without an identity. Every other request goes to ``Ignore`` webhooks: the
+operator re-checks flows when it runs them.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +45,20 @@ from cryptography.x509.oid import NameOID
 from tandem_operator.api.models import GROUP, AutomationSpec
 from tandem_operator.lifecycle.validation import flow_problems, run_problems
 
-MANAGED_NAME = f"tandem-operator.{GROUP}"
+MANAGED_NAME: str | None = None
+"""kopf's managed configuration: none, the configurations are :func:`configurations`."""
+
+STAMP_PATH = "/stamp-decisions"
+VALIDATE_RUN_PATH = "/validate-run"
+VALIDATE_AUTOMATION_PATH = "/validate-automation"
+
+DECISIONS_CHANGED = (
+    "request.operation == 'CREATE' "
+    "? (has(object.spec.gateDecisions) && size(object.spec.gateDecisions) > 0) "
+    ": ((has(object.spec.gateDecisions) ? object.spec.gateDecisions : []) != "
+    "(has(oldObject.spec.gateDecisions) ? oldObject.spec.gateDecisions : []))"
+)
+"""CEL for ``matchConditions``: the request adds (or changes) entries of spec.gateDecisions."""
 
 
 def write_self_signed(directory: Path, *, host: str) -> tuple[Path, Path]:
@@ -76,15 +101,33 @@ def write_self_signed(directory: Path, *, host: str) -> tuple[Path, Path]:
 def stamp_decisions(
     spec: Mapping[str, Any], old_spec: Mapping[str, Any] | None, username: str
 ) -> list[dict[str, Any]] | None:
-    """The gateDecisions list with ``decidedBy`` set on new entries; ``None`` if no change."""
+    """The gateDecisions list with ``decidedBy`` set on new entries; ``None`` if no change.
+
+    An old entry sent again without ``decidedBy`` but otherwise as stored gets the stored
+    ``decidedBy`` back (any other change to it is left for the schema to refuse).
+    """
     decisions = [dict(d) for d in spec.get("gateDecisions") or []]
-    first_new = len((old_spec or {}).get("gateDecisions") or [])
+    old = [dict(d) for d in (old_spec or {}).get("gateDecisions") or []]
     changed = False
-    for entry in decisions[first_new:]:
+    for entry, stored in zip(decisions, old, strict=False):
+        if (
+            "decidedBy" in stored
+            and "decidedBy" not in entry
+            and {**entry, "decidedBy": stored["decidedBy"]} == stored
+        ):
+            entry["decidedBy"] = stored["decidedBy"]
+            changed = True
+    for entry in decisions[len(old) :]:
         if entry.get("decidedBy") != username:
             entry["decidedBy"] = username
             changed = True
     return decisions if changed else None
+
+
+def _user(userinfo: Mapping[str, object]) -> tuple[str, list[str]]:
+    username = str(userinfo.get("username") or "system:unknown")
+    groups = userinfo.get("groups") or []
+    return username, [str(g) for g in groups] if isinstance(groups, list) else []
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -101,7 +144,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         spec: Mapping[str, Any], userinfo: Mapping[str, object], patch: kopf.Patch, **kwargs: Any
     ) -> None:
         old: Mapping[str, Any] | None = kwargs.get("old")
-        username = str(userinfo.get("username") or "system:unknown")
+        username, _ = _user(userinfo)
         stamped = stamp_decisions(spec, (old or {}).get("spec"), username)
         if stamped is not None:
             patch.setdefault("spec", {})["gateDecisions"] = stamped
@@ -113,9 +156,18 @@ def register(registry: kopf.OperatorRegistry) -> None:
         operations=["CREATE", "UPDATE"],
         registry=registry,
     )
-    def validate_run(spec: Mapping[str, Any], **kwargs: Any) -> None:
+    def validate_run(
+        spec: Mapping[str, Any], userinfo: Mapping[str, object], **kwargs: Any
+    ) -> None:
         old: Mapping[str, Any] = kwargs.get("old") or {}
-        problems = run_problems(spec, old_spec=old.get("spec"), status=old.get("status"))
+        username, groups = _user(userinfo)
+        problems = run_problems(
+            spec,
+            old_spec=old.get("spec"),
+            status=old.get("status"),
+            user=username,
+            groups=groups,
+        )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
@@ -136,8 +188,161 @@ def register(registry: kopf.OperatorRegistry) -> None:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
+def ensure_certificate(cert_dir: Path, *, host: str) -> tuple[Path, Path]:
+    """The serving certificate in ``cert_dir`` (``tls.crt``, ``tls.key``), made if missing.
+
+    A directory mounted from a Secret (the Helm chart's) already has one; outside a cluster
+    the command line makes a self-signed one for the loopback address it listens on.
+    """
+    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
+    if cert.is_file() and key.is_file():
+        return cert, key
+    return write_self_signed(cert_dir, host=host)
+
+
 def server(*, addr: str, port: int, host: str, cert_dir: Path) -> kopf.WebhookServer:
-    certfile, pkeyfile = write_self_signed(cert_dir, host=host)
+    certfile, pkeyfile = ensure_certificate(cert_dir, host=host)
     return kopf.WebhookServer(
         addr=addr, port=port, host=host, certfile=str(certfile), pkeyfile=str(pkeyfile)
     )
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration:
+    """Where the API server reaches one install's webhook, and for which namespaces."""
+
+    name: str
+    """Name of both configurations; one per install (:func:`install_name`)."""
+    namespaces: Sequence[str] | None
+    """Namespaces the install watches; ``None``: every namespace."""
+    ca_bundle: bytes
+    """PEM of the CA that signed the serving certificate."""
+    url: str | None = None
+    """``https://host:port`` when the API server calls the webhook by URL."""
+    service: Mapping[str, Any] | None = None
+    """``{namespace, name, port}`` when it calls a Service."""
+
+
+def install_name(lease_namespace: str) -> str:
+    """The configurations' name for the install whose leader Lease is in ``lease_namespace``.
+
+    Operators that share a Lease are replicas of one install; the Lease's namespace is
+    what tells installs apart (one Lease ``tandem-operator`` per namespace).
+    """
+    return f"tandem-operator-{lease_namespace}.{GROUP}"
+
+
+def _client_config(reg: Registration, path: str) -> dict[str, Any]:
+    ca = base64.b64encode(reg.ca_bundle).decode()
+    if reg.service is not None:
+        return {"service": {**reg.service, "path": path}, "caBundle": ca}
+    if reg.url is None:
+        raise ValueError("a Registration needs a url or a service")
+    return {"url": reg.url.rstrip("/") + path, "caBundle": ca}
+
+
+def _webhook(
+    reg: Registration,
+    *,
+    name: str,
+    resource: str,
+    path: str,
+    fail: bool,
+    match: str | None,
+) -> dict[str, Any]:
+    hook: dict[str, Any] = {
+        "name": f"{name}.{GROUP}",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail" if fail else "Ignore",
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": 10,
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "apiVersions": ["*"],
+                "resources": [resource],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced",
+            }
+        ],
+        "namespaceSelector": (
+            {
+                "matchExpressions": [
+                    {
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "In",
+                        "values": sorted(reg.namespaces),
+                    }
+                ]
+            }
+            if reg.namespaces
+            else {}
+        ),
+        "clientConfig": _client_config(reg, path),
+    }
+    if match is not None:
+        hook["matchConditions"] = [{"name": "gate-decisions", "expression": match}]
+    return hook
+
+
+def configurations(reg: Registration) -> list[dict[str, Any]]:
+    """The Mutating- and ValidatingWebhookConfiguration of one install.
+
+    Decisions (requests matching :data:`DECISIONS_CHANGED`) fail closed; the flow checks on
+    every other write of a run, and on Automations, fail open.
+    """
+    labels = {"app.kubernetes.io/managed-by": "tandem-operator"}
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": reg.name, "labels": labels},
+        "webhooks": [
+            {
+                **_webhook(
+                    reg,
+                    name="gate-decisions",
+                    resource="automationruns",
+                    path=STAMP_PATH,
+                    fail=True,
+                    match=DECISIONS_CHANGED,
+                ),
+                "reinvocationPolicy": "Never",
+            }
+        ],
+    }
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": reg.name, "labels": labels},
+        "webhooks": [
+            _webhook(
+                reg,
+                name="gate-decisions",
+                resource="automationruns",
+                path=VALIDATE_RUN_PATH,
+                fail=True,
+                match=DECISIONS_CHANGED,
+            ),
+            _webhook(
+                reg,
+                name="runs",
+                resource="automationruns",
+                path=VALIDATE_RUN_PATH,
+                fail=False,
+                match=f"!({DECISIONS_CHANGED})",
+            ),
+            _webhook(
+                reg,
+                name="automations",
+                resource="automations",
+                path=VALIDATE_AUTOMATION_PATH,
+                fail=False,
+                match=None,
+            ),
+        ],
+    }
+    return [mutating, validating]

@@ -9,6 +9,7 @@ that waits on people alone as stale, exactly once.
 from __future__ import annotations
 
 from tandem_operator.api.models import AwaitingGate, GateDecision, GateHistoryEntry
+from tandem_operator.lifecycle.approvals import apply_approval
 from tandem_operator.lifecycle.bounds import MAX_REASON_CHARS, clip
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import descendants
@@ -47,9 +48,48 @@ def gate_decisions(w: Work) -> None:
                 f"gate {gate.node_id} does not allow decision {decision.decision}",
             )
             continue
-        _apply_gate_decision(w, gate, decision, key=key, decided_by=decision.decided_by)
+        _decide(w, gate, decision, key=key)
         seen.add(key)
     _set_decisions_seen(w, len(decisions))
+
+
+def _decide(w: Work, gate: AwaitingGate, decision: GateDecision, *, key: str) -> None:
+    """B11 with B18c: an approval counts towards the gate's quorum; the last one passes it."""
+    node = w.node(gate.node_id)
+    outcome = apply_approval(
+        awaiting_gate=gate,
+        gate_history=w.cp.gate_history,
+        approval=node.approval if node else None,
+        decision=decision.decision,
+        user=decision.decided_by,
+        decided_at=w.now,
+    )
+    if outcome.action in ("pass", "rework", "cancel"):
+        _apply_gate_decision(w, gate, decision, key=key, decided_by=decision.decided_by)
+    elif outcome.action == "wait":
+        w.cp.gate_history.append(
+            GateHistoryEntry(
+                node_id=gate.node_id,
+                decision="approve",
+                reason=clip(decision.reason, MAX_REASON_CHARS),
+                decided_at=w.now,
+                decided_by=decision.decided_by,
+                request_id=key,
+            )
+        )
+        gate.approvals = list(outcome.approvals)
+        w.s.detail = (
+            f"awaiting approval at gate `{gate.node_id}`: approved by "
+            f"{', '.join(a.user for a in outcome.approvals)} ({outcome.count})"
+        )
+        w.note("GateApprovalRecorded", f"gate {gate.node_id}: {w.s.detail}")
+    elif outcome.action == "unidentified":
+        w.warn(
+            "GateDecisionRejected",
+            f"approval for gate {gate.node_id} names no user (decidedBy); the gate needs "
+            f"{outcome.required} distinct approvers",
+        )
+    # "duplicate": this user already approved this request; nothing changes.
 
 
 def _decisions_seen(w: Work) -> int:

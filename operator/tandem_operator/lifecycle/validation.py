@@ -8,7 +8,13 @@ object's state is checked here, purely, so the webhook only wires it:
 - ``dependsOn`` must not form a cycle;
 - an approval gate's ``reworkTargets`` must be upstream of the gate;
 - every new ``gateDecisions`` entry must name an Approval node of the run's flow and one of
-  the decisions that gate allows.
+  the decisions that gate allows;
+- B18a/B18b, when the admission request's user is given: every new entry's ``decidedBy``
+  is that user (the mutating webhook stamps it; this is the check that it happened), and
+  the user, or one of its groups, is in the gate's ``approvers`` when the gate has them;
+- a run whose flow is not known yet (an ``automationRef`` run the operator has not admitted,
+  so its status has no ``automationSnapshot``) takes no decisions: neither the gate nor its
+  approvers can be checked, and no gate of it can be waiting anyway.
 
 Each message starts with the field path it is about, as the API server's own do.
 
@@ -41,7 +47,13 @@ from typing import Any
 
 import pydantic
 
-from tandem_operator.api.models import AutomationRunStatus, AutomationSpec, GateDecision
+from tandem_operator.api.models import (
+    Approval,
+    AutomationRunStatus,
+    AutomationSpec,
+    GateDecision,
+)
+from tandem_operator.lifecycle.approvals import may_decide
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import find_cycle, upstream
 
@@ -67,14 +79,29 @@ def flow_problems(flow: AutomationSpec, *, path: str) -> list[str]:
 
 
 def decision_problems(
-    flow: AutomationSpec, decisions: Sequence[GateDecision], *, first_new: int
+    flow: AutomationSpec,
+    decisions: Sequence[GateDecision],
+    *,
+    first_new: int,
+    user: str | None = None,
+    groups: Sequence[str] = (),
 ) -> list[str]:
+    """What is wrong with the new entries (from ``first_new``) of spec.gateDecisions.
+
+    With ``user`` (the admission request's authenticated user and ``groups``), also B18a
+    (``decidedBy`` is that user) and B18b (the user may decide the gate).
+    """
     gates = {n.id: n for n in flow.nodes if n.kind == "Approval"}
     problems = []
     for index in range(first_new, len(decisions)):
         decision = decisions[index]
         gate = gates.get(decision.gate)
         field = f"spec.gateDecisions[{index}]"
+        if user is not None and decision.decided_by != user:
+            problems.append(
+                f"{field}.decidedBy: `{decision.decided_by}` is not the user writing the "
+                f"decision (`{user}`)"
+            )
         if gate is None:
             problems.append(
                 f"{field}.gate: `{decision.gate}` is not an approval gate of this flow"
@@ -87,7 +114,21 @@ def decision_problems(
                 f"{field}.decision: gate `{gate.id}` allows {', '.join(allowed)}, "
                 f"not {decision.decision}"
             )
+        if user is not None and not may_decide(gate.approval, user=user, groups=groups):
+            problems.append(
+                f"{field}: user `{user}` may not decide gate `{gate.id}` "
+                f"({_approvers_text(gate.approval)})"
+            )
     return problems
+
+
+def _approvers_text(approval: Approval | None) -> str:
+    approvers = approval.approvers if approval is not None else None
+    if approvers is None:
+        return "anyone may"
+    users = ", ".join(approvers.users) or "none"
+    groups = ", ".join(approvers.groups) or "none"
+    return f"approvers: users {users}; groups {groups}"
 
 
 def run_problems(
@@ -95,8 +136,14 @@ def run_problems(
     *,
     old_spec: Mapping[str, Any] | None,
     status: Mapping[str, Any] | None,
+    user: str | None = None,
+    groups: Sequence[str] = (),
 ) -> list[str]:
-    """Everything wrong with an AutomationRun spec that the schema let through."""
+    """Everything wrong with an AutomationRun spec that the schema let through.
+
+    ``user`` and ``groups`` are the admission request's; without them B18a/B18b are not
+    checked (the operator's own re-check of a stored spec has no request).
+    """
     raw_flow = (status or {}).get("automationSnapshot") or spec.get("automation")
     problems: list[str] = []
     flow: AutomationSpec | None = None
@@ -113,7 +160,14 @@ def run_problems(
         return problems
     first_new = len((old_spec or {}).get("gateDecisions") or [])
     if flow is not None:
-        problems += decision_problems(flow, decisions, first_new=first_new)
+        problems += decision_problems(
+            flow, decisions, first_new=first_new, user=user, groups=groups
+        )
+    elif len(decisions) > first_new:
+        problems.append(
+            f"spec.gateDecisions[{first_new}]: the run's flow is not resolved yet, so no gate "
+            "of it is waiting; decide once the run is AwaitingApproval"
+        )
     return problems
 
 

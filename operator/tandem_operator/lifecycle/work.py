@@ -84,6 +84,10 @@ class Work:
     def warn(self, reason: str, message: str) -> None:
         self.events.append(Event(type="Warning", reason=reason, message=message))
 
+    def note(self, reason: str, message: str) -> None:
+        """A Normal Event that goes with no transition (the run's phase stays)."""
+        self.events.append(Event(type="Normal", reason=reason, message=message))
+
     def phase_to(self, phase: Phase) -> None:
         self.s.phase = phase
 
