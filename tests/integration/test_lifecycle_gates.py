@@ -11,6 +11,7 @@ pass just by looking too early.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,9 +124,11 @@ def test_gate_opens_and_approve_completes(
     assert recorded(status, "run_started")[-1]["recordedAt"] == approved["recordedAt"]
     # Every transition's Event comes from the operator itself (`kubectl describe`'s From).
     events = wait_for(
-        lambda: (found := cluster.events("approve"))
-        and {e["reason"] for e in found} >= {"RunGateApproved", "RunCompleted"}
-        and found,
+        lambda: (
+            (found := cluster.events("approve"))
+            and {e["reason"] for e in found} >= {"RunGateApproved", "RunCompleted"}
+            and found
+        ),
         timeout=15,
         what="the transitions' Events",
     )
@@ -381,3 +384,48 @@ def test_stale_gate_is_marked_once_even_across_a_restart(
     assert status["checkpoint"]["awaitingGate"]["metadata"] == meta
     stale_events = [e for e in cluster.events("stale") if e["reason"] == "ApprovalGateMarkedStale"]
     assert sum(e.get("count") or 1 for e in stale_events) == 1
+
+
+# --------------------------------------------------------------------------- append-only, by key
+
+
+def test_an_apply_that_drops_the_decisions_is_refused(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    """docs/gitops.md: syncing a manifest without gateDecisions (a revert) fails."""
+    operators()
+    manifest = gated_run("revert")
+    cluster.apply(manifest)
+    awaiting(cluster, "revert")
+    decided = copy.deepcopy(manifest)
+    decided["spec"]["gateDecisions"] = [{"gate": "review", "decision": "rework", "requestId": "r1"}]
+    cluster.apply(decided)  # client-side apply: the list is now in last-applied-configuration
+    awaiting(cluster, "revert", decided=1)
+
+    result = cluster.apply_result(manifest)
+    assert result.returncode != 0
+    assert "gateDecisions is append-only" in result.stderr, result.stderr
+    assert cluster.run("revert")["spec"]["gateDecisions"] == decided["spec"]["gateDecisions"]
+
+
+def test_a_decision_inserted_before_recorded_ones_lands_once(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(gated_run("inserted"))
+    awaiting(cluster, "inserted")
+    decide(cluster, "inserted", {"gate": "review", "decision": "rework", "requestId": "r1"})
+    awaiting(cluster, "inserted", decided=1)
+
+    recorded = cluster.run("inserted")["spec"]["gateDecisions"]
+    first = {"gate": "review", "decision": "approve", "reason": "in front"}
+    cluster.patch_spec("inserted", {"gateDecisions": [first, *recorded]})
+    status = cluster.wait_phase("inserted", "Completed", "Failed", "Cancelled", timeout=45)
+    assert status["phase"] == "Completed"
+    history = status["checkpoint"]["gateHistory"]
+    assert [(h["decision"], h.get("reason")) for h in history] == [
+        ("rework", None),
+        ("approve", "in front"),
+    ]
+    assert status["counters"]["gateDecisionsSeen"] == 2
+    assert len(status["checkpoint"]["gateDecisionKeys"]) == 2

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,13 +80,21 @@ def stamp_decisions(
 ) -> list[dict[str, Any]] | None:
     """The gateDecisions list with ``decidedBy`` set on new entries; ``None`` if no change."""
     decisions = [dict(d) for d in spec.get("gateDecisions") or []]
-    first_new = len((old_spec or {}).get("gateDecisions") or [])
+    # New entries are those the old list does not hold, wherever they were inserted.
+    recorded = Counter(_canonical(d) for d in (old_spec or {}).get("gateDecisions") or [])
     changed = False
-    for entry in decisions[first_new:]:
+    for entry in decisions:
+        if recorded[_canonical(entry)] > 0:
+            recorded[_canonical(entry)] -= 1
+            continue
         if entry.get("decidedBy") != username:
             entry["decidedBy"] = username
             changed = True
     return decisions if changed else None
+
+
+def _canonical(entry: Mapping[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

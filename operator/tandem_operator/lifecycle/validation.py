@@ -7,7 +7,7 @@ object's state is checked here, purely, so the webhook only wires it:
 
 - ``dependsOn`` must not form a cycle;
 - an approval gate's ``reworkTargets`` must be upstream of the gate;
-- every new ``gateDecisions`` entry must name an Approval node of the run's flow and one of
+- every new ``gateDecisions`` entry (one the old list does not hold, wherever it sits) must name an Approval node of the run's flow and one of
   the decisions that gate allows.
 
 Each message starts with the field path it is about, as the API server's own do.
@@ -44,6 +44,7 @@ import pydantic
 from tandem_operator.api.models import AutomationRunStatus, AutomationSpec, GateDecision
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import find_cycle, upstream
+from tandem_operator.lifecycle.gates import decision_keys, undecided
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
@@ -67,11 +68,12 @@ def flow_problems(flow: AutomationSpec, *, path: str) -> list[str]:
 
 
 def decision_problems(
-    flow: AutomationSpec, decisions: Sequence[GateDecision], *, first_new: int
+    flow: AutomationSpec, decisions: Sequence[GateDecision], *, new: Sequence[int]
 ) -> list[str]:
+    """What is wrong with the entries of ``decisions`` at the indexes ``new``."""
     gates = {n.id: n for n in flow.nodes if n.kind == "Approval"}
     problems = []
-    for index in range(first_new, len(decisions)):
+    for index in new:
         decision = decisions[index]
         gate = gates.get(decision.gate)
         field = f"spec.gateDecisions[{index}]"
@@ -111,10 +113,19 @@ def run_problems(
         decisions = [GateDecision.model_validate(d) for d in spec.get("gateDecisions") or []]
     except pydantic.ValidationError:
         return problems
-    first_new = len((old_spec or {}).get("gateDecisions") or [])
+    try:
+        old = [GateDecision.model_validate(d) for d in (old_spec or {}).get("gateDecisions") or []]
+    except pydantic.ValidationError:
+        old = []
     if flow is not None:
-        problems += decision_problems(flow, decisions, first_new=first_new)
+        # New entries are those the old list does not hold, wherever they were inserted.
+        problems += decision_problems(flow, decisions, new=new_entries(old, decisions))
     return problems
+
+
+def new_entries(old: Sequence[GateDecision], new: Sequence[GateDecision]) -> list[int]:
+    """Indexes of the entries of ``new`` that ``old`` does not hold, wherever they sit."""
+    return undecided(new, decision_keys(old), seen=0)
 
 
 def flow_error(raw: object) -> str | None:

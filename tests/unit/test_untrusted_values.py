@@ -1,0 +1,43 @@
+"""Values the operator reads but does not control: hand-written status, overrides, Leases.
+
+Each is either refused where it enters or read so that the operator fails closed: an
+unusable status is reported (InvalidStatus), an override whose expiry cannot be read has
+expired, and operators that watch different namespaces never share a Lease.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tandem_operator.api.models import GateDecision
+from tandem_operator.handlers.webhook import stamp_decisions
+from tandem_operator.lifecycle.validation import new_entries
+
+NOW = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z
+
+
+def override(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "automation.tandem.dev/v1alpha1",
+        "kind": "AgentQuotaOverride",
+        "metadata": {"namespace": "team", "name": name, "resourceVersion": "1"},
+        "spec": {"agentId": "researcher", "approved": True, **spec},
+    }
+
+
+def test_new_decisions_are_found_wherever_they_were_inserted() -> None:
+    old = [GateDecision(gate="review", decision="rework", request_id="r1")]
+    inserted = GateDecision(gate="review", decision="approve")
+    assert new_entries(old, [inserted, *old]) == [0]
+    assert new_entries(old, [*old, inserted, inserted]) == [1, 2]
+    assert new_entries(old, old) == []
+
+
+def test_the_webhook_stamps_only_inserted_entries() -> None:
+    old = {"gateDecisions": [{"gate": "review", "decision": "rework", "decidedBy": "alice"}]}
+    new = {"gateDecisions": [{"gate": "review", "decision": "approve"}, *old["gateDecisions"]]}
+    assert stamp_decisions(new, old, "bob") == [
+        {"gate": "review", "decision": "approve", "decidedBy": "bob"},
+        {"gate": "review", "decision": "rework", "decidedBy": "alice"},
+    ]
+    assert stamp_decisions(old, old, "bob") is None
