@@ -429,3 +429,34 @@ def test_a_decision_inserted_before_recorded_ones_lands_once(
     ]
     assert status["counters"]["gateDecisionsSeen"] == 2
     assert len(status["checkpoint"]["gateDecisionKeys"]) == 2
+
+
+def test_a_long_reason_in_any_script_is_kept_as_documented(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    """A cancel with a 1,500-character Japanese reason naming a completed node.
+
+    Its Event is posted (the message cut to 1 KiB on a character boundary), gateHistory
+    keeps the first 1,024 characters (docs/api.md), and the Cancelled run's detail stays
+    the reason: B16 rewrites only runs that go on.
+    """
+    operators()
+    cluster.apply(gated_run("long-reason"))
+    awaiting(cluster, "long-reason")
+    reason = "node `a` を見直す: " + "承認できません" * 200
+    decide(cluster, "long-reason", {"gate": "review", "decision": "cancel", "reason": reason})
+    status = cluster.wait_phase("long-reason", "Cancelled", timeout=45)
+    assert status["detail"] == reason
+    assert status["stopReason"] == reason
+    kept = status["checkpoint"]["gateHistory"][0]["reason"]
+    assert len(kept) == 1024
+    assert kept == reason[:1021] + "..."
+
+    def cancelled_event() -> dict[str, Any] | None:
+        found = [e for e in cluster.events("long-reason") if e.get("reason") == "RunCancelled"]
+        return found[0] if found else None
+
+    event = wait_for(cancelled_event, timeout=30, what="the RunCancelled Event")
+    message = event["message"]
+    assert len(message.encode()) <= 1024
+    assert message.startswith("run_cancelled: node `a` を見直す")

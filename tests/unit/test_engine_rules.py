@@ -1889,3 +1889,11 @@ def test_a_status_from_before_decision_keys_counts_its_first_entries_as_seen() -
     assert [e.request_id for e in run.cp.gate_history] == ["new"]
     assert run.cp.gate_decision_keys is not None
     assert len(run.cp.gate_decision_keys) == 2
+
+
+def test_a_finished_run_keeps_its_detail() -> None:
+    """B16 is for runs that go on: a Cancelled run's detail names what ended it."""
+    run = at_gate()
+    decide_gate(run, "cancel", reason="node `draft` is off topic")
+    assert run.s.phase == "Cancelled"
+    assert run.s.detail == "node `draft` is off topic"
