@@ -1897,3 +1897,35 @@ def test_a_finished_run_keeps_its_detail() -> None:
     decide_gate(run, "cancel", reason="node `draft` is off topic")
     assert run.s.phase == "Cancelled"
     assert run.s.detail == "node `draft` is off topic"
+
+
+def test_a_run_resumed_long_after_its_pause_is_not_reaped() -> None:
+    """The attempt a pause gave back leaves its node without output: B5 must not count
+    the paused time as silence."""
+    run = Run(CHAIN)
+    run.start()
+    run.report("collect", "needs_repair")  # attempt 2 starts
+    assert run.cp.node_attempts["collect"] == 2
+    run.set_spec(desired_state="Paused")
+    run.decide()
+    run.decide(outcomes=[run.outcome("collect", cancelled=True)], in_flight=())
+    assert run.s.phase == "Paused"
+    assert run.cp.node_attempts["collect"] == 1
+    run.advance(SETTINGS.stale_running_ms * 2)
+    run.set_spec(desired_state="Running")
+    d = run.decide(admission="admit")
+    assert record_events(d) == ["run_resumed", "run_started"]
+    assert d.start == (StartAttempt(node_id="collect", attempt=2),)
+    assert run.cp.last_activity_at == format_ms(run.now)
+
+
+def test_an_outcome_counts_as_executor_activity() -> None:
+    flow = make_flow(task("a"), task("b"), execution={"maxParallelNodes": 2})
+    run = Run(flow)
+    run.start()
+    run.advance(SETTINGS.stale_running_ms - 1000)
+    run.report("a", transient=True, error="reset after a long stream")
+    assert run.cp.last_activity_at == format_ms(run.now)
+    run.advance(1500)  # past the threshold counted from the dispatch, not from the outcome
+    d = run.decide()
+    assert "run_paused_stale_no_provider_activity" not in record_events(d)

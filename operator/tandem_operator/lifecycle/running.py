@@ -52,6 +52,9 @@ def apply_outcomes(w: Work) -> None:
         # B12: attempts may finish while the run is Pausing; their results count.
         if not holds_workspace(w.s.phase):
             continue
+        # An outcome is executor activity (B5): a node given back by a transient error
+        # waits for its retry without looking silent since its attempt was dispatched.
+        w.cp.last_activity_at = w.now
         node_id = out.node_id
         if (
             node_id not in w.cp.pending_nodes
@@ -186,8 +189,9 @@ def silence(w: Work) -> Silence | None:
     """How long a Running run's executor has been silent, if it has attempts in progress.
 
     The threshold is max(``TANDEM_STALE_RUNNING_MS``, the longest in-progress node timeout
-    + 60 s); the latest sign of life is the runner's (any streamed line) or the last
-    dispatch kept in status (which survives restarts), else the run's start.
+    + 60 s); the latest sign of life is the runner's (any streamed line) or
+    ``checkpoint.lastActivityAt`` (which survives restarts): the last dispatch, outcome or
+    admission to Running, so time spent Queued or Paused never counts as silence.
     """
     if w.s.phase != "Running":
         return None
