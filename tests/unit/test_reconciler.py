@@ -336,6 +336,27 @@ async def test_a_settled_decision_is_written_once() -> None:
     assert effects(w.log)[-1] == "start"
 
 
+@run_async
+async def test_a_hand_written_paused_run_is_left_alone_then_resumed_by_a_spec_change() -> None:
+    w = world()
+    body = copy.deepcopy(w.api.objects[KEY])
+    body["status"] = {"phase": "Paused", "pauseReason": "by hand"}  # no observedGeneration
+    w.reconciler.store.observe("runs", w.api.put(body))
+    await w.reconcile()
+    assert "patch" not in effects(w.log)  # B3: no write at start
+    for generation, desired in ((2, "Paused"), (3, "Running")):
+        changed = copy.deepcopy(w.api.objects[KEY])
+        changed["spec"]["desiredState"] = desired
+        changed["metadata"]["generation"] = generation
+        w.reconciler.store.observe("runs", w.api.put(changed))
+        await w.reconcile()
+        assert w.api.status()["observedGeneration"] == generation
+    await w.settle()
+    assert w.phase() == "Running"
+    events = [r["event"] for r in w.api.status()["checkpoint"]["lifecycleHistory"]]
+    assert events[:2] == ["run_resumed", "run_started"]
+
+
 def test_merge_patch_carries_only_what_changed() -> None:
     old = {"phase": "Running", "detail": "x", "checkpoint": {"a": 1, "b": 2}}
     new = {"phase": "Running", "checkpoint": {"a": 1, "b": 3}}

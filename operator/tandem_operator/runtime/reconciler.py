@@ -243,6 +243,12 @@ class Reconciler:
         if spec is None or problem is not None:
             await self._report_invalid(key, body, [problem or "spec: invalid"])
             return None
+        if status is not None and status.observed_generation is None:
+            # A status written by hand says nothing of the spec it has seen: take it to
+            # have seen the spec as this process first found it. No write follows from
+            # that alone (B3); a later spec change, such as desiredState Running on a
+            # Paused run, is acted on (B12) and recorded.
+            status.observed_generation = self.store.first_generations.get(key, run.generation)
         definition, error = definition_of(self.store, key, spec, status)
         if (
             definition is None
