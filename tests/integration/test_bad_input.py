@@ -264,6 +264,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("AQO without agentId", _override(approved=True), "spec.agentId: Required"),
     ("AQO with empty agentId", _override(agentId="", approved=True), "spec.agentId"),
     ("AQO approved not a boolean", _override(agentId="a", approved="yes"), "spec.approved"),
+    (
+        # Unreadable, it would never expire: governance must fail closed.
+        "AQO expiresAt not a time",
+        _override(agentId="a", approved=True, expiresAt="tomorrow"),
+        "spec.expiresAt",
+    ),
 ]
 
 CEL_AND_SCHEMA_CASES = 18

@@ -12,6 +12,8 @@ from typing import Any
 from tandem_operator.api.models import GateDecision
 from tandem_operator.handlers.webhook import stamp_decisions
 from tandem_operator.lifecycle.validation import new_entries
+from tandem_operator.runtime.observation import overrides_in
+from tandem_operator.runtime.store import Store
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z
 
@@ -23,6 +25,16 @@ def override(name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"namespace": "team", "name": name, "resourceVersion": "1"},
         "spec": {"agentId": "researcher", "approved": True, **spec},
     }
+
+
+def test_an_override_whose_expiry_cannot_be_read_has_expired() -> None:
+    store = Store(capacity=1)
+    store.observe("overrides", override("open"))
+    store.observe("overrides", override("later", expiresAt="2027-01-16T00:00:00Z"))
+    store.observe("overrides", override("past", expiresAt="2027-01-14T00:00:00Z"))
+    store.observe("overrides", override("words", expiresAt="tomorrow"))
+    store.observe("overrides", override("no-such-day", expiresAt="2027-02-30T00:00:00Z"))
+    assert sorted(o.name for o in overrides_in(store, "team", NOW)) == ["later", "open"]
 
 
 def test_new_decisions_are_found_wherever_they_were_inserted() -> None:
