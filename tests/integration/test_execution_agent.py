@@ -379,3 +379,19 @@ def test_a_run_resumed_after_the_stale_threshold_is_not_reaped(
     events = event_names(status)
     assert "run_paused_stale_no_provider_activity" not in events, events
     assert [r.attempt for r in agent.requests_for("x")] == [1, 2, 2]
+
+
+def test_an_absurd_token_count_is_a_protocol_error_not_a_wedged_run(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    """A usage line past any real count (and past the API server's 64-bit integers) is a
+    malformed line: the attempt ends as a transient error, retried and then failed with the
+    reason, instead of a status write the API server refuses for ever."""
+    agent.script(node="x", steps=[Activity(), Usage(10**30, 5), Result()])
+    operators()
+    cluster.apply(agent_run("absurd", [task("x", maxAttempts=1)]))
+    status = cluster.wait_phase("absurd", "Completed", "Failed", timeout=60)
+    assert status["phase"] == "Failed", status.get("detail")
+    output = status["checkpoint"]["nodeOutputs"]["x"]
+    assert "promptTokens must be an integer from 0 to 1000000000000" in output["error"]
+    assert status["usage"]["totalTokens"] == 0

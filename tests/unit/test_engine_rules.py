@@ -1929,3 +1929,13 @@ def test_an_outcome_counts_as_executor_activity() -> None:
     run.advance(1500)  # past the threshold counted from the dispatch, not from the outcome
     d = run.decide()
     assert "run_paused_stale_no_provider_activity" not in record_events(d)
+
+
+def test_absurd_token_counts_are_bounded() -> None:
+    run = Run(CHAIN)
+    run.start()
+    run.report("collect", prompt_tokens=10**30, completion_tokens=10**30)
+    usage = run.s.usage
+    assert usage.prompt_tokens == 10**12
+    assert usage.total_tokens == 2 * 10**12
+    assert usage.total_tokens < 2**63

@@ -7,9 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from tandem_operator.api.models import AwaitingGate, Node, Scheduler
+from tandem_operator.api.models import MAX_TOKEN_COUNT, AwaitingGate, Node, Scheduler
 from tandem_operator.api.vocabulary import NODE_STATUSES, holds_workspace
-from tandem_operator.lifecycle.bounds import MAX_VERDICT_ERROR_CHARS, MAX_VERDICTS, clip
+from tandem_operator.lifecycle.bounds import (
+    MAX_USAGE_TOKENS,
+    MAX_VERDICT_ERROR_CHARS,
+    MAX_VERDICTS,
+    clip,
+)
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
 from tandem_operator.lifecycle.contract import StartAttempt
 from tandem_operator.lifecycle.flow import descendants, nodes_by_id
@@ -43,10 +48,12 @@ def apply_outcomes(w: Work) -> None:
     for out in w.obs.outcomes:
         if out.prompt_tokens or out.completion_tokens:
             usage = w.s.usage
-            usage.prompt_tokens += out.prompt_tokens
-            usage.completion_tokens += out.completion_tokens
-            total = out.prompt_tokens + out.completion_tokens
-            usage.total_tokens += total
+            prompt = min(max(0, out.prompt_tokens), MAX_TOKEN_COUNT)
+            completion = min(max(0, out.completion_tokens), MAX_TOKEN_COUNT)
+            usage.prompt_tokens = min(usage.prompt_tokens + prompt, MAX_USAGE_TOKENS)
+            usage.completion_tokens = min(usage.completion_tokens + completion, MAX_USAGE_TOKENS)
+            total = prompt + completion
+            usage.total_tokens = min(usage.total_tokens + total, MAX_USAGE_TOKENS)
             cost = Decimal(usage.estimated_cost_usd or "0") + Decimal(total) / 1000 * cost_per_1k
             usage.estimated_cost_usd = _decimal_text(cost)
         # B12: attempts may finish while the run is Pausing; their results count.
