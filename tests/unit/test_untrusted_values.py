@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem_operator.api.models import GateDecision
+from tandem_operator.api.models import AutomationRunStatus, GateDecision
 from tandem_operator.handlers.webhook import stamp_decisions
-from tandem_operator.lifecycle.validation import new_entries
+from tandem_operator.lifecycle.validation import new_entries, status_problems
 from tandem_operator.runtime.observation import overrides_in
 from tandem_operator.runtime.store import Store
 
@@ -35,6 +35,19 @@ def test_an_override_whose_expiry_cannot_be_read_has_expired() -> None:
     store.observe("overrides", override("words", expiresAt="tomorrow"))
     store.observe("overrides", override("no-such-day", expiresAt="2027-02-30T00:00:00Z"))
     assert sorted(o.name for o in overrides_in(store, "team", NOW)) == ["later", "open"]
+
+
+def test_a_cost_that_is_not_a_decimal_makes_the_status_unusable() -> None:
+    for cost, usable in (("0", True), ("12.50", True), ("1,50", False), ("NaN", False)):
+        status = AutomationRunStatus.model_validate(
+            {"phase": "Paused", "usage": {"estimatedCostUsd": cost}}
+        )
+        problems = status_problems(status, flow=None, snapshot_error=None)
+        assert (problems == []) == usable, (cost, problems)
+        if not usable:
+            assert problems == [
+                f"status.usage.estimatedCostUsd: {cost!r} is not a decimal number such as 1.25"
+            ]
 
 
 def test_new_decisions_are_found_wherever_they_were_inserted() -> None:

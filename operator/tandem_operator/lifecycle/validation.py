@@ -22,6 +22,8 @@ someone fixes it. What counts as unusable:
 - an ``automationSnapshot`` that is not a valid flow (the run has nothing to execute);
 - a timestamp that is not RFC 3339 (deadlines computed from it would never fire, or at
   once);
+- a ``usage.estimatedCostUsd`` that is not a decimal number (B17 adds to it, B8 compares
+  it: every decision would fail);
 - once admitted (a snapshot is set): ``completedNodes``, ``pendingNodes``,
   ``blockedNodes`` or ``nodeOutputs`` naming a node the flow does not have (the run would
   end Blocked or Failed because of a node that does not exist), an ``awaitingGate`` that
@@ -41,11 +43,12 @@ from typing import Any
 
 import pydantic
 
-from tandem_operator.api.models import AutomationRunStatus, AutomationSpec, GateDecision
+from tandem_operator.api.models import DECIMAL, AutomationRunStatus, AutomationSpec, GateDecision
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import find_cycle, upstream
 from tandem_operator.lifecycle.gates import decision_keys, undecided
 
+_DECIMAL = re.compile(DECIMAL)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -186,6 +189,11 @@ def status_problems(
     for path, value in _timestamps(status):
         if value is not None and not is_timestamp(value):
             problems.append(f"{path}: {value!r} is not an RFC 3339 timestamp")
+    cost = status.usage.estimated_cost_usd
+    if _DECIMAL.match(cost) is None:
+        problems.append(
+            f"status.usage.estimatedCostUsd: {cost!r} is not a decimal number such as 1.25"
+        )
     if status.automation_snapshot is None or flow is None:
         return problems
     known = {node.id for node in flow.nodes}
