@@ -43,7 +43,7 @@ LEADER_RULES = [
     {
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],
-        "resourceNames": ["tandem-operator"],
+        "resourceNames": [FULLNAME],
         "verbs": ["get", "update"],
     },
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
@@ -171,6 +171,7 @@ def test_cluster_mode_runs_the_operator_for_all_namespaces(helm: Path) -> None:
         "run",
         "--all-namespaces",
         f"--lease-namespace={NAMESPACE}",
+        f"--lease-name={FULLNAME}",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-port=9090",
     ]
@@ -329,6 +330,7 @@ def test_namespaced_mode_grants_nothing_outside_the_watched_namespaces(helm: Pat
         "--namespace=team-a",
         "--namespace=team-b",
         f"--lease-namespace={NAMESPACE}",
+        f"--lease-name={FULLNAME}",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-port=9090",
     ]

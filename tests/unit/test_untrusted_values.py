@@ -12,6 +12,7 @@ from typing import Any
 from tandem_operator.api.models import AutomationRunStatus, GateDecision
 from tandem_operator.handlers.webhook import stamp_decisions
 from tandem_operator.lifecycle.validation import new_entries, status_problems
+from tandem_operator.runtime.leader import LEASE_NAME, lease_name
 from tandem_operator.runtime.observation import overrides_in
 from tandem_operator.runtime.store import Store
 
@@ -66,3 +67,16 @@ def test_the_webhook_stamps_only_inserted_entries() -> None:
         {"gate": "review", "decision": "rework", "decidedBy": "alice"},
     ]
     assert stamp_decisions(old, old, "bob") is None
+
+
+def test_operators_that_watch_different_namespaces_have_different_leases() -> None:
+    assert lease_name(None, lease_namespace="ops") == LEASE_NAME
+    assert lease_name(["team-a"], lease_namespace="team-a") == LEASE_NAME
+    a = lease_name(["team-a"], lease_namespace="ops")
+    b = lease_name(["team-b"], lease_namespace="ops")
+    assert a != b
+    assert a.startswith(f"{LEASE_NAME}-")
+    assert lease_name(["team-b", "team-a"], lease_namespace="ops") == lease_name(
+        ["team-a", "team-b", "team-a"], lease_namespace="ops"
+    )
+    assert len(lease_name(["x" * 63] * 5, lease_namespace="ops")) <= 63
