@@ -42,6 +42,8 @@ class OperatorProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     also_watch: tuple[str, ...] = ()
     """More namespaces to watch besides ``namespace`` (which also holds the Lease)."""
+    lease_namespace: str | None = None
+    """Where the leader Lease lives; ``namespace`` unless set."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -64,7 +66,7 @@ class OperatorProcess:
                 self.namespace,
                 *(arg for ns in self.also_watch for arg in ("--namespace", ns)),
                 "--lease-namespace",
-                self.namespace,
+                self.lease_namespace or self.namespace,
                 *self.extra_args(),
             ],
             stdout=log,

@@ -264,6 +264,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("AQO without agentId", _override(approved=True), "spec.agentId: Required"),
     ("AQO with empty agentId", _override(agentId="", approved=True), "spec.agentId"),
     ("AQO approved not a boolean", _override(agentId="a", approved="yes"), "spec.approved"),
+    (
+        # Unreadable, it would never expire: governance must fail closed.
+        "AQO expiresAt not a time",
+        _override(agentId="a", approved=True, expiresAt="tomorrow"),
+        "spec.expiresAt",
+    ),
 ]
 
 CEL_AND_SCHEMA_CASES = 18
@@ -427,6 +433,13 @@ def _case_no_gate() -> tuple[dict[str, Any], dict[str, Any], str]:
     return run, status, "status.checkpoint.awaitingGate: missing on an AwaitingApproval run"
 
 
+def _case_bad_cost() -> tuple[dict[str, Any], dict[str, Any], str]:
+    run = _flow_run("bad-cost")
+    status = _running(run)
+    status["usage"] = {"totalTokens": 10, "estimatedCostUsd": "1,50"}
+    return run, status, "status.usage.estimatedCostUsd: '1,50' is not a decimal number"
+
+
 def _case_no_phase() -> tuple[dict[str, Any], dict[str, Any], str]:
     run = _flow_run("no-phase")
     status = _running(run)
@@ -442,6 +455,7 @@ MALFORMED = [
     _case_ghost_gate,
     _case_task_as_gate,
     _case_no_gate,
+    _case_bad_cost,
     _case_no_phase,
 ]
 
@@ -503,7 +517,7 @@ def test_what_the_operator_tolerates_in_a_hand_written_status() -> None:
 def test_malformed_status_is_reported_and_left_alone(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    """Eight kinds of unusable status, one healthy run and one tolerated oddity, at once."""
+    """Nine kinds of unusable status, one healthy run and one tolerated oddity, at once."""
     cases = [make() for make in MALFORMED]
     for run, status, _ in cases:
         cluster.apply(run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from support import Cluster, OperatorProcess, simulated_run, wait_for
 
-from agentserver import Activity, AgentServer, Drop, HttpStatus, Result, Sleep, Usage
+from agentserver import Activity, AgentServer, Drop, HttpStatus, Result, Sleep, Stall, Usage
 
 AGENT = {"agentId": "researcher", "endpointRef": {"name": "engine"}}
 
@@ -343,3 +344,54 @@ def test_endpoint_credential_problems_fail_the_attempt_with_the_cause(
     assert "missing or wrong bearer token" in reason
     (request,) = agent.requests_for("q")
     assert request.headers["authorization"] == "Bearer expired"
+
+
+def test_a_run_resumed_after_the_stale_threshold_is_not_reaped(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    """B5 counts silence while attempts run, not while the run is paused.
+
+    Paused during the node's second attempt (which the pause gives back: attempts 1, no
+    output) and resumed later than TANDEM_STALE_RUNNING_MS after that attempt started,
+    the run dispatches the attempt again instead of reaping it in the same write.
+    """
+    stale_ms = 6000
+    agent.script(node="x", attempt=1, steps=[Activity(), Result(status="needs_repair")], times=1)
+    agent.script(node="x", attempt=2, steps=[Activity(), Stall()], times=1)
+    operators(TANDEM_STALE_RUNNING_MS=str(stale_ms))
+    cluster.apply(agent_run("resumed", [task("x", maxAttempts=3)]))
+    wait_for(lambda: len(agent.requests_for("x")) == 2, timeout=30, what="attempt 2 to start")
+    cluster.patch_spec("resumed", {"desiredState": "Paused"})
+    paused = cluster.wait_phase("resumed", "Paused", timeout=30)
+    assert paused.get("stopKind") is None, paused.get("detail")
+    assert paused["checkpoint"]["nodeAttempts"] == {"x": 1}
+    assert "x" not in paused["checkpoint"]["nodeOutputs"]
+    dispatched = agent.requests_for("x")[1].monotonic
+    wait_for(
+        lambda: time.monotonic() > dispatched + stale_ms / 1000 + 1,
+        timeout=30,
+        what="the stale threshold to pass since attempt 2 started",
+    )
+
+    cluster.patch_spec("resumed", {"desiredState": "Running"})
+    status = cluster.wait_phase("resumed", "Completed", "Failed", timeout=45)
+    assert status["phase"] == "Completed", status.get("detail")
+    events = event_names(status)
+    assert "run_paused_stale_no_provider_activity" not in events, events
+    assert [r.attempt for r in agent.requests_for("x")] == [1, 2, 2]
+
+
+def test_an_absurd_token_count_is_a_protocol_error_not_a_wedged_run(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
+) -> None:
+    """A usage line past any real count (and past the API server's 64-bit integers) is a
+    malformed line: the attempt ends as a transient error, retried and then failed with the
+    reason, instead of a status write the API server refuses for ever."""
+    agent.script(node="x", steps=[Activity(), Usage(10**30, 5), Result()])
+    operators()
+    cluster.apply(agent_run("absurd", [task("x", maxAttempts=1)]))
+    status = cluster.wait_phase("absurd", "Completed", "Failed", timeout=60)
+    assert status["phase"] == "Failed", status.get("detail")
+    output = status["checkpoint"]["nodeOutputs"]["x"]
+    assert "promptTokens must be an integer from 0 to 1000000000000" in output["error"]
+    assert status["usage"]["totalTokens"] == 0

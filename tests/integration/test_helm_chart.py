@@ -288,7 +288,7 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
             what="the operator's Events",
         )
         assert "RunAwaitingApproval" in reasons
-        lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
+        lease = kube.kubectl_json("get", "lease", fullname, "-n", namespace)
         assert lease["spec"]["holderIdentity"]
     finally:
         code = operator.stop()
@@ -297,7 +297,7 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     for complaint in ("forbidden", "Forbidden", "Not enough permissions", "Failed to post"):
         assert complaint not in log, log[-3000:]
     # A graceful stop gives the Lease up (an update the Role allows).
-    lease = kube.kubectl_json("get", "lease", "tandem-operator", "-n", namespace)
+    lease = kube.kubectl_json("get", "lease", fullname, "-n", namespace)
     assert not lease["spec"].get("holderIdentity")
     # No operator answers: decisions fail closed, other writes pass.
     late = {"gate": "review", "decision": "cancel", "requestId": "late"}
@@ -439,7 +439,7 @@ def test_cluster_mode_rbac_serves_every_namespace(
     assert can_i(kube, token, "get", "secrets", "-n", elsewhere)
     assert can_i(kube, token, "create", "events", "-n", elsewhere)
     assert can_i(kube, token, "watch", "customresourcedefinitions.apiextensions.k8s.io")
-    assert can_i(kube, token, "update", "leases/tandem-operator", "-n", namespace)
+    assert can_i(kube, token, "update", f"leases/{fullname}", "-n", namespace)
     # A real cluster-wide list, as kopf's watch starts.
     kube.kubectl("get", f"automationruns.{group}", "--all-namespaces", kubeconfig=token)
 

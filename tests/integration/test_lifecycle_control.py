@@ -395,3 +395,40 @@ def test_guardrail_stop_is_resumed_by_an_approved_override(
     assert resumed[0]["metadata"] == {"agent_ids": ["agent"], "stop_kind": "guardrail_stopped"}
     assert status["usage"]["totalTokens"] == 50
     assert status["checkpoint"]["nodeAttempts"] == {"a": 1, "b": 1}
+
+
+def test_a_hand_written_paused_run_resumes_on_a_spec_change(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    """§3 and B12: a Paused status written by hand (no observedGeneration) is honoured.
+
+    The operator takes it to have seen the spec as it first found it: no write for that
+    alone (B3), and the next change of desiredState is acted on.
+    """
+    cluster.apply(simulated_run("by-hand", [sim("a"), sim("b", dependsOn=["a"])]))
+    cluster.patch_status(
+        "by-hand",
+        {
+            "phase": "Paused",
+            "pauseReason": "by hand",
+            "createdAt": ts(-60),
+            "startedAt": ts(-50),
+            "checkpoint": {
+                "completedNodes": ["a"],
+                "pendingNodes": ["b"],
+                "nodeOutputs": {"a": {"status": "completed"}},
+                "nodeAttempts": {"a": 1},
+            },
+        },
+    )
+    written = cluster.status("by-hand")
+    operators()
+    canary(cluster)  # the operator listed every run before it created this one
+    assert cluster.status("by-hand") == written  # B3: nothing written
+
+    cluster.patch_spec("by-hand", {"desiredState": "Paused"})
+    assert observed(cluster, "by-hand")["phase"] == "Paused"
+    cluster.patch_spec("by-hand", {"desiredState": "Running"})
+    status = cluster.wait_phase("by-hand", "Completed", timeout=45)
+    assert [r["event"] for r in recorded(status, "run_resumed")] == ["run_resumed"]
+    assert status["checkpoint"]["nodeAttempts"] == {"a": 1, "b": 1}

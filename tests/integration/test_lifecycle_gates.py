@@ -11,6 +11,7 @@ pass just by looking too early.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -383,3 +384,79 @@ def test_stale_gate_is_marked_once_even_across_a_restart(
     assert status["checkpoint"]["awaitingGate"]["metadata"] == meta
     stale_events = [e for e in cluster.events("stale") if e["reason"] == "ApprovalGateMarkedStale"]
     assert sum(e.get("count") or 1 for e in stale_events) == 1
+
+
+# --------------------------------------------------------------------------- append-only, by key
+
+
+def test_an_apply_that_drops_the_decisions_is_refused(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    """docs/gitops.md: syncing a manifest without gateDecisions (a revert) fails."""
+    operators()
+    manifest = gated_run("revert")
+    cluster.apply(manifest)
+    awaiting(cluster, "revert")
+    decided = copy.deepcopy(manifest)
+    decided["spec"]["gateDecisions"] = [{"gate": "review", "decision": "rework", "requestId": "r1"}]
+    cluster.apply(decided)  # client-side apply: the list is now in last-applied-configuration
+    awaiting(cluster, "revert", decided=1)
+
+    result = cluster.apply_result(manifest)
+    assert result.returncode != 0
+    assert "gateDecisions is append-only" in result.stderr, result.stderr
+    assert cluster.run("revert")["spec"]["gateDecisions"] == decided["spec"]["gateDecisions"]
+
+
+def test_a_decision_inserted_before_recorded_ones_lands_once(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(gated_run("inserted"))
+    awaiting(cluster, "inserted")
+    decide(cluster, "inserted", {"gate": "review", "decision": "rework", "requestId": "r1"})
+    awaiting(cluster, "inserted", decided=1)
+
+    recorded = cluster.run("inserted")["spec"]["gateDecisions"]
+    first = {"gate": "review", "decision": "approve", "reason": "in front"}
+    cluster.patch_spec("inserted", {"gateDecisions": [first, *recorded]})
+    status = cluster.wait_phase("inserted", "Completed", "Failed", "Cancelled", timeout=45)
+    assert status["phase"] == "Completed"
+    history = status["checkpoint"]["gateHistory"]
+    assert [(h["decision"], h.get("reason")) for h in history] == [
+        ("rework", None),
+        ("approve", "in front"),
+    ]
+    assert status["counters"]["gateDecisionsSeen"] == 2
+    assert len(status["checkpoint"]["gateDecisionKeys"]) == 2
+
+
+def test_a_long_reason_in_any_script_is_kept_as_documented(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    """A cancel with a 1,500-character Japanese reason naming a completed node.
+
+    Its Event is posted (the message cut to 1 KiB on a character boundary), gateHistory
+    keeps the first 1,024 characters (docs/api.md), and the Cancelled run's detail stays
+    the reason: B16 rewrites only runs that go on.
+    """
+    operators()
+    cluster.apply(gated_run("long-reason"))
+    awaiting(cluster, "long-reason")
+    reason = "node `a` を見直す: " + "承認できません" * 200
+    decide(cluster, "long-reason", {"gate": "review", "decision": "cancel", "reason": reason})
+    status = cluster.wait_phase("long-reason", "Cancelled", timeout=45)
+    assert status["detail"] == reason
+    assert status["stopReason"] == reason
+    kept = status["checkpoint"]["gateHistory"][0]["reason"]
+    assert len(kept) == 1024
+    assert kept == reason[:1021] + "..."
+
+    def cancelled_event() -> dict[str, Any] | None:
+        found = [e for e in cluster.events("long-reason") if e.get("reason") == "RunCancelled"]
+        return found[0] if found else None
+
+    event = wait_for(cancelled_event, timeout=30, what="the RunCancelled Event")
+    message = event["message"]
+    assert len(message.encode()) <= 1024
+    assert message.startswith("run_cancelled: node `a` を見直す")

@@ -20,9 +20,12 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from support import FAST_SETTINGS, Cluster, OperatorProcess, sim, simulated_run, wait_for
+
+from tandem_operator.devcluster.session import unique_namespace_name
 
 RESTART_DETAIL = "automation run interrupted by server restart"
 LEASE_SECONDS = int(FAST_SETTINGS["TANDEM_CLAIM_LEASE_SECONDS"])
@@ -315,3 +318,36 @@ def test_graceful_shutdown_cuts_off_long_attempts_for_the_next_operator(
     assert count(status, "run_failed_server_restart") == 1
     assert status["checkpoint"]["nodeAttempts"]["a"] == 2
     assert cluster.wait_phase("late", "Completed", timeout=45)["phase"] == "Completed"
+
+
+def test_operators_for_different_namespaces_both_act(
+    cluster: Cluster, operators: Callable[..., OperatorProcess], tmp_path: Path
+) -> None:
+    """Two installs whose Leases share a namespace (two releases in one namespace, or two
+    operators started outside a Pod) but that watch different namespaces never wait for
+    each other: each Lease is scoped to what its operator watches."""
+    kube = cluster.kube
+    other = unique_namespace_name("ha-other")
+    kube.kubectl("create", "namespace", other)
+    second = OperatorProcess(
+        kube=kube,
+        namespace=other,
+        lease_namespace=cluster.namespace,
+        log_path=tmp_path / "other-operator.log",
+    )
+    try:
+        operators()
+        second.start()
+        elsewhere = Cluster(kube, other)
+        cluster.apply(simulated_run("here", [sim("a")]))
+        elsewhere.apply(simulated_run("there", [sim("a")]))
+        assert cluster.wait_phase("here", "Completed", timeout=60)["phase"] == "Completed"
+        done = elsewhere.wait_phase("there", "Completed", timeout=60)
+        assert done["phase"] == "Completed", second.log()[-3000:]
+        leases = json.loads(cluster.kubectl("get", "leases", "-o", "json"))["items"]
+        holders = {item["metadata"]["name"]: item["spec"].get("holderIdentity") for item in leases}
+        assert len(holders) == 2, holders
+        assert all(holders.values()), holders
+    finally:
+        second.kill()
+        kube.kubectl("delete", "namespace", other, "--wait=false", check=False)

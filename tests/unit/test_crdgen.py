@@ -297,7 +297,12 @@ def rules(kind: str, path: str) -> list[str]:
 
 
 def test_cel_rules_guard_the_run_spec() -> None:
-    assert rules("AutomationRun", ".spec") == ["has(self.automationRef) != has(self.automation)"]
+    assert rules("AutomationRun", ".spec") == [
+        "has(self.automationRef) != has(self.automation)",
+        # A manifest without the list (a GitOps revert) must not drop recorded decisions.
+        "!has(oldSelf.gateDecisions) || size(oldSelf.gateDecisions) == 0 "
+        "|| has(self.gateDecisions)",
+    ]
     assert rules("AutomationRun", ".spec.gateDecisions") == [
         "size(self) >= size(oldSelf) && oldSelf.all(i, self.exists(j, j == i))"
     ]

@@ -1870,3 +1870,124 @@ def test_large_outputs_are_capped() -> None:
     assert output["truncated"] is True
     assert output["original_bytes"] > 40_000
     assert "text" not in output
+
+
+# ------------------------------------------------------------------------------ hardening
+
+
+def test_a_decision_inserted_before_recorded_ones_is_applied_once() -> None:
+    run = at_gate()
+    decide_gate(run, "rework", request_id="r1")
+    run.report("collect")
+    run.report("draft")
+    assert run.s.phase == "AwaitingApproval"
+    inserted = GateDecision(gate="review", decision="approve", reason="in front")
+    run.set_spec(gate_decisions=[inserted, *run.spec.gate_decisions])
+    d = run.decide(admission="admit")
+    assert record_events(d)[0] == "run_gate_approved"
+    assert [(e.decision, e.request_id) for e in run.cp.gate_history] == [
+        ("rework", "r1"),
+        ("approve", None),
+    ]
+    assert run.s.counters.gate_decisions_seen == 2
+    # Deciding again (any number of times) applies nothing more.
+    d = run.decide(admission="admit")
+    assert "run_gate_approved" not in record_events(d)
+    assert len(run.cp.gate_history) == 2
+
+
+def test_a_shrinking_decision_list_neither_resets_nor_replays() -> None:
+    run = at_gate()
+    decide_gate(run, "rework", request_id="r1")
+    keys = list(run.cp.gate_decision_keys or [])
+    assert len(keys) == 1
+    recorded = run.spec.gate_decisions
+    run.set_spec(gate_decisions=[])
+    run.decide(admission="admit")
+    assert run.s.counters.gate_decisions_seen == 1
+    assert run.cp.gate_decision_keys == keys
+    run.report("collect")
+    run.report("draft")
+    assert run.s.phase == "AwaitingApproval"
+    run.set_spec(gate_decisions=recorded)  # the same entry back: already decided
+    d = run.decide(admission="admit")
+    assert run.s.phase == "AwaitingApproval"
+    assert [e.reason for e in d.events] == []
+    assert len(run.cp.gate_history) == 1
+
+
+def test_the_same_decision_twice_without_request_id_counts_twice() -> None:
+    run = at_gate()
+    decide_gate(run, "rework")
+    run.report("collect")
+    run.report("draft")
+    assert run.s.phase == "AwaitingApproval"
+    decide_gate(run, "rework")
+    assert [e.decision for e in run.cp.gate_history] == ["rework", "rework"]
+
+
+def test_a_status_from_before_decision_keys_counts_its_first_entries_as_seen() -> None:
+    run = at_gate()
+    status = run.s.model_copy(deep=True)
+    status.counters.gate_decisions_seen = 1
+    run.status = status
+    rejected = GateDecision(gate="review", decision="approve", request_id="old")
+    run.spec = run.spec.model_copy(update={"gate_decisions": [rejected]})
+    d = run.decide(admission="admit")
+    assert not d.changed  # the old counter says it was seen: no write, nothing applied
+    assert run.s.phase == "AwaitingApproval"
+    assert run.cp.gate_decision_keys is None
+    decide_gate(run, "approve", request_id="new")
+    assert [e.request_id for e in run.cp.gate_history] == ["new"]
+    assert run.cp.gate_decision_keys is not None
+    assert len(run.cp.gate_decision_keys) == 2
+
+
+def test_a_finished_run_keeps_its_detail() -> None:
+    """B16 is for runs that go on: a Cancelled run's detail names what ended it."""
+    run = at_gate()
+    decide_gate(run, "cancel", reason="node `draft` is off topic")
+    assert run.s.phase == "Cancelled"
+    assert run.s.detail == "node `draft` is off topic"
+
+
+def test_a_run_resumed_long_after_its_pause_is_not_reaped() -> None:
+    """The attempt a pause gave back leaves its node without output: B5 must not count
+    the paused time as silence."""
+    run = Run(CHAIN)
+    run.start()
+    run.report("collect", "needs_repair")  # attempt 2 starts
+    assert run.cp.node_attempts["collect"] == 2
+    run.set_spec(desired_state="Paused")
+    run.decide()
+    run.decide(outcomes=[run.outcome("collect", cancelled=True)], in_flight=())
+    assert run.s.phase == "Paused"
+    assert run.cp.node_attempts["collect"] == 1
+    run.advance(SETTINGS.stale_running_ms * 2)
+    run.set_spec(desired_state="Running")
+    d = run.decide(admission="admit")
+    assert record_events(d) == ["run_resumed", "run_started"]
+    assert d.start == (StartAttempt(node_id="collect", attempt=2),)
+    assert run.cp.last_activity_at == format_ms(run.now)
+
+
+def test_an_outcome_counts_as_executor_activity() -> None:
+    flow = make_flow(task("a"), task("b"), execution={"maxParallelNodes": 2})
+    run = Run(flow)
+    run.start()
+    run.advance(SETTINGS.stale_running_ms - 1000)
+    run.report("a", transient=True, error="reset after a long stream")
+    assert run.cp.last_activity_at == format_ms(run.now)
+    run.advance(1500)  # past the threshold counted from the dispatch, not from the outcome
+    d = run.decide()
+    assert "run_paused_stale_no_provider_activity" not in record_events(d)
+
+
+def test_absurd_token_counts_are_bounded() -> None:
+    run = Run(CHAIN)
+    run.start()
+    run.report("collect", prompt_tokens=10**30, completion_tokens=10**30)
+    usage = run.s.usage
+    assert usage.prompt_tokens == 10**12
+    assert usage.total_tokens == 2 * 10**12
+    assert usage.total_tokens < 2**63

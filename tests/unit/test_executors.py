@@ -367,6 +367,11 @@ def test_connection_refused_is_transient() -> None:
         b'{"type": "usage", "promptTokens": -1, "completionTokens": 0}\n',
         b'{"type": "usage", "promptTokens": "ten", "completionTokens": 0}\n',
         b'{"type": "usage", "promptTokens": NaN, "completionTokens": 0}\n',
+        # Past any real count and past the API server's 64-bit integers (a run's status
+        # holding the sum could never be written).
+        b'{"type": "usage", "promptTokens": 1000000000000000000000000000000, '
+        b'"completionTokens": 0}\n',
+        b'{"type": "usage", "promptTokens": 0, "completionTokens": 1000000000001}\n',
         b"\xff\xfe\n",
     ],
 )
@@ -630,6 +635,7 @@ def test_simulate_stall_reports_nothing_and_only_ends_by_cancellation() -> None:
         ({"after_seconds": -1.0}, "afterSeconds"),
         ({"after_seconds": float("nan")}, "afterSeconds"),
         ({"prompt_tokens": -5}, "token counts"),
+        ({"completion_tokens": 10**13}, "token counts"),
     ],
 )
 def test_simulate_bad_config_is_config_error(overrides: dict[str, Any], match: str) -> None:

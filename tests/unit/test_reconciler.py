@@ -21,7 +21,7 @@ from tandem_operator.api.settings import Settings
 from tandem_operator.execution.registry import ExecutorContext, ExecutorRegistry, Target
 from tandem_operator.execution.types import AttemptRequest, AttemptResult, ExecutorActivity
 from tandem_operator.lifecycle.contract import Event
-from tandem_operator.runtime.kubeapi import ApiError, Conflict, Gone, merge_patch
+from tandem_operator.runtime.kubeapi import ApiError, Conflict, Gone, Invalid, merge_patch
 from tandem_operator.runtime.reconciler import Reconciler
 from tandem_operator.runtime.store import Store
 
@@ -334,6 +334,48 @@ async def test_a_settled_decision_is_written_once() -> None:
     assert patches[1]["checkpoint"]["completedNodes"] == ["n0"]
     assert patches[1]["checkpoint"]["nodeAttempts"] == {"n0": 1, "n1": 1}
     assert effects(w.log)[-1] == "start"
+
+
+@run_async
+async def test_a_write_the_api_server_refuses_stalls_the_run_visibly_without_a_loop() -> None:
+    w = world()
+    await w.reconcile()
+    await w.settle()
+    w.api.fail_next_patch = Invalid(422, "status.usage.totalTokens: Invalid value")
+    w.kind.finish("n0")
+    await w.settle()  # the outcome's kick: the write is refused, then reported
+    assert effects(w.log)[-2:] == ["patch-failed", "patch"]
+    stalled = {c["type"]: c for c in w.api.status()["conditions"]}["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "StatusRejected")
+    assert "status.usage.totalTokens: Invalid value" in stalled["message"]
+    assert [(e.type, e.reason) for e in w.events][-1] == ("Warning", "StatusRejected")
+    assert w.phase() == "Running"  # nothing else written, nothing acted on
+    assert len(w.reconciler.runner.outcomes(KEY)) == 1
+    await w.reconcile()  # the next change: this time the write is accepted
+    assert w.phase() == "Completed"
+    stalled = {c["type"]: c for c in w.api.status()["conditions"]}["Stalled"]
+    assert stalled["status"] == "False"
+
+
+@run_async
+async def test_a_hand_written_paused_run_is_left_alone_then_resumed_by_a_spec_change() -> None:
+    w = world()
+    body = copy.deepcopy(w.api.objects[KEY])
+    body["status"] = {"phase": "Paused", "pauseReason": "by hand"}  # no observedGeneration
+    w.reconciler.store.observe("runs", w.api.put(body))
+    await w.reconcile()
+    assert "patch" not in effects(w.log)  # B3: no write at start
+    for generation, desired in ((2, "Paused"), (3, "Running")):
+        changed = copy.deepcopy(w.api.objects[KEY])
+        changed["spec"]["desiredState"] = desired
+        changed["metadata"]["generation"] = generation
+        w.reconciler.store.observe("runs", w.api.put(changed))
+        await w.reconcile()
+        assert w.api.status()["observedGeneration"] == generation
+    await w.settle()
+    assert w.phase() == "Running"
+    events = [r["event"] for r in w.api.status()["checkpoint"]["lifecycleHistory"]]
+    assert events[:2] == ["run_resumed", "run_started"]
 
 
 def test_merge_patch_carries_only_what_changed() -> None:

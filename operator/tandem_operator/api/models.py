@@ -45,6 +45,11 @@ FreeForm = Annotated[
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
+RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+"""The shape of an RFC 3339 date-time; whether the date exists is checked where it is read."""
 Timestamp = str
 """RFC 3339 time in UTC with milliseconds (``2026-11-24T01:02:03.456Z``); each field says what
 it is the time of."""
@@ -63,6 +68,10 @@ MAX_NODES = 100
 MAX_DEPENDS_ON = 16
 MAX_AGENTS = 32
 MAX_GATE_DECISIONS = 256
+MAX_TOKEN_COUNT = 10**12
+"""The most tokens one usage report may count, and one attempt in all. An executor that
+reports more is broken (no model call spends a trillion tokens), and sums past the API
+server's 64-bit integers would make every status write fail."""
 MAX_TTL_SECONDS = 31_536_000
 """One year: the longest time to live a run or the history settings can ask for."""
 MAX_APPROVERS = 64
@@ -132,9 +141,9 @@ class Execution(ApiModel):
 
 
 class Usage(ApiModel):
-    prompt_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKEN_COUNT)
     """Prompt tokens the simulated attempt reports."""
-    completion_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0, le=MAX_TOKEN_COUNT)
     """Completion tokens the simulated attempt reports."""
 
 
@@ -322,7 +331,8 @@ class GateDecision(ApiModel):
     """approve completes the gate, rework sends its rework targets back, cancel cancels the run
     (B11)."""
     reason: str | None = Field(default=None, max_length=4096)
-    """Why; copied to the gate history."""
+    """Why; copied to the gate history, cut to its first 1,024 characters there (the last
+    three replaced by ...), and in full to stopReason when it cancels the run."""
     request_id: str | None = Field(default=None, max_length=253)
     """Makes the decision idempotent: an id is applied once."""
     decided_by: str | None = Field(
@@ -342,7 +352,15 @@ class AutomationRunSpec(ApiModel):
                 {
                     "rule": "has(self.automationRef) != has(self.automation)",
                     "message": "exactly one of automationRef or automation must be set",
-                }
+                },
+                {
+                    # The list's own rule does not run when the list is gone altogether
+                    # (a client-side apply of a manifest without it).
+                    "rule": "!has(oldSelf.gateDecisions) || size(oldSelf.gateDecisions) == 0 "
+                    "|| has(self.gateDecisions)",
+                    "message": "gateDecisions is append-only: recorded decisions cannot be removed",
+                    "fieldPath": ".gateDecisions",
+                },
             ]
         }
     )
@@ -420,7 +438,8 @@ class GateHistoryEntry(ApiModel):
     decision: str
     """approve, rework or cancel."""
     reason: str | None = None
-    """The reason given with the decision."""
+    """The reason given with the decision, cut to 1,024 characters (ending in ... when
+    cut)."""
     decided_at: Timestamp | None = None
     """When the operator applied the decision."""
     decided_by: str | None = None
@@ -479,7 +498,8 @@ class Checkpoint(ApiModel):
     last_failure: LastFailure | None = None
     """The failure that ended the run."""
     last_activity_at: Timestamp | None = None
-    """The last executor activity known to status (B5)."""
+    """When B5 starts counting silence: the last dispatch of an attempt, outcome of one, or
+    admission of the run to Running (time spent Queued or Paused is not silence)."""
     last_stale_reap_at: Timestamp | None = Field(
         default=None, description="When the run was last stale-reaped (B5), kept past trimming"
     )
@@ -488,6 +508,14 @@ class Checkpoint(ApiModel):
     )
     recover_request_id: str | None = Field(
         default=None, description="The spec.recover.requestId last acted on (B14)"
+    )
+    gate_decision_keys: list[str] | None = Field(
+        default=None,
+        max_length=512,
+        description="Keys of the spec.gateDecisions entries already applied or rejected, "
+        "newest last: a digest of the entry's requestId, or of its content and how many "
+        "identical entries precede it, so an entry is decided once wherever it sits in the "
+        "list",
     )
 
 
@@ -498,7 +526,9 @@ class Counters(ApiModel):
         default=0, description="Lifecycle records ever written, including trimmed ones"
     )
     gate_decisions_seen: int = Field(
-        default=0, description="Entries of spec.gateDecisions already applied or rejected"
+        default=0,
+        description="The length of spec.gateDecisions when the operator last acted on it; "
+        "never lowered (checkpoint.gateDecisionKeys says which entries were decided)",
     )
 
 
@@ -607,8 +637,9 @@ class AgentQuotaOverrideSpec(ApiModel):
     """Who approved, for the audit trail."""
     reason: str | None = Field(default=None, max_length=4096)
     """Why, for the audit trail."""
-    expires_at: Timestamp | None = None
-    """The override stops counting after this time."""
+    expires_at: Timestamp | None = Field(default=None, max_length=64, pattern=RFC3339)
+    """The override stops counting after this time, an RFC 3339 date-time such as
+    2026-12-01T00:00:00Z; a value the operator cannot read counts as expired."""
 
 
 class AgentEndpointSpec(ApiModel):

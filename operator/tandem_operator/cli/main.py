@@ -338,7 +338,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)
     namespaces = None if args.all_namespaces else (args.namespace or None)
-    lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    # Outside a Pod the Lease lives with what is watched, so operators for different
+    # namespaces never share one; its name is scoped to them too (runtime.leader).
+    lease_namespace = (
+        args.lease_namespace
+        or os.environ.get("POD_NAMESPACE")
+        or (namespaces[0] if namespaces else "default")
+    )
     webhook_options, registration = _webhook_options(
         args, namespaces=namespaces, lease_namespace=lease_namespace
     )
@@ -348,6 +354,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 settings=settings,
                 namespaces=namespaces,
                 lease_namespace=lease_namespace,
+                lease=args.lease_name or os.environ.get("TANDEM_LEASE_NAME") or None,
                 liveness=args.liveness,
                 embedded=embedded,
                 kubeconfig=kubeconfig,
@@ -397,6 +404,7 @@ async def _serve(
     settings: Settings,
     namespaces: list[str] | None,
     lease_namespace: str,
+    lease: str | None,
     liveness: str | None,
     embedded: bool,
     kubeconfig: Path | None,
@@ -417,6 +425,7 @@ async def _serve(
                 settings=settings,
                 namespaces=namespaces,
                 lease_namespace=lease_namespace,
+                lease=lease,
                 liveness_endpoint=liveness,
                 stop_flag=stop,
                 webhook_options=webhook_options,
@@ -490,7 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", type=Path, help="kubeconfig to use (default: $KUBECONFIG)")
     run.add_argument(
         "--lease-namespace",
-        help="namespace of the leader Lease (default: $POD_NAMESPACE or default)",
+        help="namespace of the leader Lease (default: $POD_NAMESPACE, else the first "
+        "--namespace, else default)",
+    )
+    run.add_argument(
+        "--lease-name",
+        help="name of the leader Lease (default: $TANDEM_LEASE_NAME, else tandem-operator "
+        "when watching every namespace, else tandem-operator-<digest of the namespaces>); "
+        "operators with the same Lease take turns, others act side by side",
     )
     run.add_argument(
         "--no-webhook",

@@ -48,10 +48,11 @@ import pydantic
 import pykube
 import requests
 
-from tandem_operator.api.models import ALL_DECISIONS, API_VERSION, Checkpoint
+from tandem_operator.api.models import ALL_DECISIONS, API_VERSION, Checkpoint, GateDecision
 from tandem_operator.api.vocabulary import OPERATOR_PAUSES, RECOVERABLE_PHASES, TERMINAL_PHASES
 from tandem_operator.lifecycle.approvals import approvals_so_far
 from tandem_operator.lifecycle.clock import parse_ms
+from tandem_operator.lifecycle.gates import undecided
 from tandem_operator.runtime.ports import wall_ms
 
 KIND = "automationrun"
@@ -296,11 +297,16 @@ def pending_gate_decisions(run: Run) -> list[Mapping[str, Any]]:
     """Entries of spec.gateDecisions the operator has not applied or rejected yet."""
     decisions = [d for d in (run.get("spec") or {}).get("gateDecisions") or [] if d]
     seen = int((_status(run).get("counters") or {}).get("gateDecisionsSeen") or 0)
+    keys = _checkpoint(run).get("gateDecisionKeys")
+    try:
+        parsed = [GateDecision.model_validate(d) for d in decisions]
+    except pydantic.ValidationError:
+        return []
     applied = {h.get("requestId") for h in _checkpoint(run).get("gateHistory") or []}
     return [
-        d
-        for index, d in enumerate(decisions)
-        if index >= seen and (d.get("requestId") or f"#{index}") not in applied
+        decisions[i]
+        for i in undecided(parsed, keys, seen=seen)
+        if not (parsed[i].request_id and parsed[i].request_id in applied)
     ]
 
 

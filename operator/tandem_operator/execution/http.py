@@ -55,6 +55,7 @@ import aiohttp
 from yarl import URL
 
 from tandem_operator.execution.types import (
+    MAX_TOKEN_COUNT,
     RESULT_STATUSES,
     AttemptRequest,
     AttemptResult,
@@ -133,11 +134,17 @@ def _json_default(value: object) -> Any:
 
 def _token_count(event: Mapping[str, Any], key: str) -> int:
     value = event.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_COUNT:
         raise TransientExecutorError(
-            f"malformed usage line: {key} must be a non-negative integer, got {value!r}"
+            f"malformed usage line: {key} must be an integer from 0 to {MAX_TOKEN_COUNT}, "
+            f"got {_shown(value)}"
         )
     return value
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class AgentEndpointExecutor:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tandem_operator.execution.types import (
+    MAX_TOKEN_COUNT,
     AttemptRequest,
     Executor,
     ExecutorConfigError,
@@ -51,8 +52,14 @@ class _Activity:
         self._state.last_activity_ms = self._clock()
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
+        # Executors check each report; the sum of many is capped here (MAX_TOKEN_COUNT).
+        self.prompt_tokens = _capped(self.prompt_tokens + prompt_tokens)
+        self.completion_tokens = _capped(self.completion_tokens + completion_tokens)
+
+
+def _capped(tokens: int) -> int:
+    """A token count an executor reported, within [0, ``MAX_TOKEN_COUNT``]."""
+    return min(max(0, tokens), MAX_TOKEN_COUNT)
 
 
 class AttemptRunner:
@@ -140,8 +147,8 @@ class AttemptRunner:
                 attempt=request.attempt,
                 status=result.status,
                 output=result.output,
-                prompt_tokens=result.prompt_tokens or activity.prompt_tokens,
-                completion_tokens=result.completion_tokens or activity.completion_tokens,
+                prompt_tokens=_capped(result.prompt_tokens or activity.prompt_tokens),
+                completion_tokens=_capped(result.completion_tokens or activity.completion_tokens),
             )
         except asyncio.CancelledError:
             outcome = AttemptOutcome(

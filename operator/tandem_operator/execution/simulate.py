@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from tandem_operator.execution.types import (
+    MAX_TOKEN_COUNT,
     RESULT_STATUSES,
     AttemptRequest,
     AttemptResult,
@@ -66,8 +67,11 @@ class SimulateExecutor:
             raise ExecutorConfigError(
                 f"simulate: afterSeconds must be a finite number >= 0, got {self._after_seconds}"
             )
-        if self._prompt_tokens < 0 or self._completion_tokens < 0:
-            raise ExecutorConfigError("simulate: token counts must be >= 0")
+        if not (
+            0 <= self._prompt_tokens <= MAX_TOKEN_COUNT
+            and 0 <= self._completion_tokens <= MAX_TOKEN_COUNT
+        ):
+            raise ExecutorConfigError(f"simulate: token counts must be from 0 to {MAX_TOKEN_COUNT}")
 
     async def run(self, request: AttemptRequest, activity: ExecutorActivity) -> AttemptResult:
         """Play the script; ``stall`` waits forever and only ends by cancellation."""

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from tandem_operator.api.models import MAX_TOKEN_COUNT
 from tandem_operator.lifecycle.retry import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
@@ -43,6 +44,7 @@ __all__ = [
     "BACKOFF_BASE_SECONDS",
     "BACKOFF_CAP_SECONDS",
     "BACKOFF_FACTOR",
+    "MAX_TOKEN_COUNT",
     "RESULT_STATUSES",
     "AttemptRequest",
     "AttemptResult",

@@ -133,6 +133,7 @@ async def run_operator(
     settings: Settings,
     namespaces: list[str] | None,
     lease_namespace: str,
+    lease: str | None = None,
     liveness_endpoint: str | None = None,
     stop_flag: asyncio.Event | None = None,
     webhook_options: WebhookOptions | None = None,
@@ -142,6 +143,7 @@ async def run_operator(
     controller = Controller(
         settings=settings,
         lease_namespace=lease_namespace,
+        lease=lease,
         metrics=metrics,
         namespaces=namespaces or None,
     )

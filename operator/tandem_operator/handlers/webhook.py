@@ -31,6 +31,8 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,17 +109,28 @@ def stamp_decisions(
     ``decidedBy`` back (any other change to it is left for the schema to refuse).
     """
     decisions = [dict(d) for d in spec.get("gateDecisions") or []]
+    # New entries are those the old list does not hold, wherever they were inserted. An
+    # old entry re-sent without its decidedBy is recognised by the rest of its content.
     old = [dict(d) for d in (old_spec or {}).get("gateDecisions") or []]
+    recorded = Counter(_canonical(d) for d in old)
+    signed: dict[str, list[str]] = {}
+    for stored in old:
+        if "decidedBy" in stored:
+            unsigned = {k: v for k, v in stored.items() if k != "decidedBy"}
+            signed.setdefault(_canonical(unsigned), []).append(str(stored["decidedBy"]))
     changed = False
-    for entry, stored in zip(decisions, old, strict=False):
-        if (
-            "decidedBy" in stored
-            and "decidedBy" not in entry
-            and {**entry, "decidedBy": stored["decidedBy"]} == stored
-        ):
-            entry["decidedBy"] = stored["decidedBy"]
-            changed = True
-    for entry in decisions[len(old) :]:
+    for entry in decisions:
+        if recorded[_canonical(entry)] > 0:
+            recorded[_canonical(entry)] -= 1
+            continue
+        deciders = signed.get(_canonical(entry)) if "decidedBy" not in entry else None
+        if deciders:
+            restored = {**entry, "decidedBy": deciders.pop(0)}
+            if recorded[_canonical(restored)] > 0:
+                recorded[_canonical(restored)] -= 1
+                entry["decidedBy"] = restored["decidedBy"]
+                changed = True
+                continue
         if entry.get("decidedBy") != username:
             entry["decidedBy"] = username
             changed = True
@@ -128,6 +141,10 @@ def _user(userinfo: Mapping[str, object]) -> tuple[str, list[str]]:
     username = str(userinfo.get("username") or "system:unknown")
     groups = userinfo.get("groups") or []
     return username, [str(g) for g in groups] if isinstance(groups, list) else []
+
+
+def _canonical(entry: Mapping[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

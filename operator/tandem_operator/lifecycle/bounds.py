@@ -45,6 +45,12 @@ HISTORY_BUDGET_BYTES = 48 * 1024
 ``TANDEM_LIFECYCLE_HISTORY_LIMIT`` of them); ``counters.lifecycleRecords`` counts them all."""
 
 
+MAX_USAGE_TOKENS = 2**53 - 1
+"""A run's token totals stop growing here (outcomes count at most ``MAX_TOKEN_COUNT`` each):
+the largest integer every JSON reader keeps exact, far below the API server's 64-bit
+limit, so a status write is never refused for its usage."""
+
+
 MAX_REASON_CHARS = 1024
 """A reason copied into a lifecycle record or a gateHistory entry is cut to this length."""
 

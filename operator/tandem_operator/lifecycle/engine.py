@@ -123,14 +123,19 @@ _SHARED_PARTS: Any = {
 }
 
 
+STALLED_BY_RUNTIME = frozenset({"InvalidStatus", "StatusRejected"})
+"""Stalled reasons the reconciler writes: a status it could not use, a write refused."""
+
+
 def _reported_invalid(status: AutomationRunStatus) -> bool:
-    """The reconciler stalled this run over a status it could not use (``InvalidStatus``).
+    """The reconciler stalled this run over a status it could not use (``InvalidStatus``)
+    or could not write (``StatusRejected``).
 
     The run is decided again only once someone fixed the status, and that decision must
     be written even when it changes nothing else, or ``Stalled`` would stay True.
     """
     return any(
-        c.type == "Stalled" and c.status == "True" and c.reason == "InvalidStatus"
+        c.type == "Stalled" and c.status == "True" and c.reason in STALLED_BY_RUNTIME
         for c in status.conditions
     )
 

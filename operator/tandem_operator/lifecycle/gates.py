@@ -2,11 +2,20 @@
 
 Each entry of ``spec.gateDecisions`` is applied once or rejected once (a requestId makes it
 idempotent); a decision for a gate that is not awaiting is rejected with a Warning Event.
+Entries are known by a key, not by their position: a digest of the requestId, or of the
+entry's content and how many identical entries come before it (:func:`decision_keys`). The
+keys of the entries acted on are kept in ``checkpoint.gateDecisionKeys`` (bounded), so an
+entry inserted before recorded ones lands once, and a list that shrinks (a GitOps revert
+the schema could not refuse) neither replays nor forgets what was decided.
 Expiry applies ``cancel`` or ``resume`` (= approve) or records a reminder; B4 marks a gate
 that waits on people alone as stale, exactly once.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
 
 from tandem_operator.api.models import AwaitingGate, GateDecision, GateHistoryEntry
 from tandem_operator.lifecycle.approvals import apply_approval
@@ -15,20 +24,62 @@ from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import descendants
 from tandem_operator.lifecycle.work import Work
 
+MAX_DECISION_KEYS = 512
+"""Keys of decided entries kept in ``checkpoint.gateDecisionKeys`` (newest last): twice the
+longest ``spec.gateDecisions``, so a list that was cut and grew again is still known."""
 
-def decision_key(index: int, decision: GateDecision) -> str:
-    return decision.request_id or f"#{index}"
+
+def decision_keys(decisions: Sequence[GateDecision]) -> list[str]:
+    """A key for each entry that does not depend on where it sits in the list.
+
+    An entry with a requestId is known by it (two entries with one requestId are one
+    decision); one without, by its content and the number of identical entries before it,
+    so the same decision written twice counts twice. Keys are short digests: 512 of them
+    take a few KiB of status.
+    """
+    occurrences: Counter[str] = Counter()
+    keys = []
+    for decision in decisions:
+        if decision.request_id:
+            identity = f"request\0{decision.request_id}"
+        else:
+            content = "\0".join(
+                (decision.gate, decision.decision, decision.reason or "", decision.decided_by or "")
+            )
+            identity = f"content\0{content}\0{occurrences[content]}"
+            occurrences[content] += 1
+        keys.append(hashlib.sha256(identity.encode()).hexdigest()[:16])
+    return keys
+
+
+def undecided(
+    decisions: Sequence[GateDecision], status_keys: Sequence[str] | None, *, seen: int
+) -> list[int]:
+    """Indexes of the entries not yet applied or rejected.
+
+    ``status_keys`` is ``checkpoint.gateDecisionKeys``; a status written before it existed
+    has only ``counters.gateDecisionsSeen`` (``seen``), which counted entries by position:
+    its first ``seen`` entries count as decided.
+    """
+    keys = decision_keys(decisions)
+    known = set(status_keys) if status_keys is not None else set(keys[:seen])
+    return [index for index, key in enumerate(keys) if key not in known]
 
 
 def gate_decisions(w: Work) -> None:
     """B11: each new entry of spec.gateDecisions is applied once or rejected once."""
     decisions = w.obs.spec.gate_decisions
+    keys = decision_keys(decisions)
+    counters = w.s.counters
+    pending = undecided(decisions, w.cp.gate_decision_keys, seen=counters.gate_decisions_seen)
+    if pending and w.cp.gate_decision_keys is None:
+        # A status from before keys were kept: its counter said which entries were seen.
+        w.cp.gate_decision_keys = keys[: counters.gate_decisions_seen]
     seen = {e.request_id for e in w.cp.gate_history if e.request_id}
-    start = _decisions_seen(w)
-    for index in range(start, len(decisions)):
+    for index in pending:
         decision = decisions[index]
-        key = decision_key(index, decision)
-        if key in seen:
+        _remember(w, keys[index])
+        if decision.request_id and decision.request_id in seen:
             continue
         gate = w.cp.awaiting_gate
         if w.s.phase != "AwaitingApproval" or gate is None or gate.node_id != decision.gate:
@@ -48,12 +99,20 @@ def gate_decisions(w: Work) -> None:
                 f"gate {gate.node_id} does not allow decision {decision.decision}",
             )
             continue
-        _decide(w, gate, decision, key=key)
-        seen.add(key)
-    _set_decisions_seen(w, len(decisions))
+        _decide(w, gate, decision, key=decision.request_id)
+        if decision.request_id:
+            seen.add(decision.request_id)
+    if pending:
+        # Kept for readers of older status; never lowered when the list shrinks.
+        counters.gate_decisions_seen = max(counters.gate_decisions_seen, len(decisions))
 
 
-def _decide(w: Work, gate: AwaitingGate, decision: GateDecision, *, key: str) -> None:
+def _remember(w: Work, key: str) -> None:
+    known = [*(w.cp.gate_decision_keys or []), key]
+    w.cp.gate_decision_keys = known[-MAX_DECISION_KEYS:]
+
+
+def _decide(w: Work, gate: AwaitingGate, decision: GateDecision, *, key: str | None) -> None:
     """B11 with B18c: an approval counts towards the gate's quorum; the last one passes it."""
     node = w.node(gate.node_id)
     outcome = apply_approval(
@@ -92,20 +151,12 @@ def _decide(w: Work, gate: AwaitingGate, decision: GateDecision, *, key: str) ->
     # "duplicate": this user already approved this request; nothing changes.
 
 
-def _decisions_seen(w: Work) -> int:
-    return w.s.counters.gate_decisions_seen
-
-
-def _set_decisions_seen(w: Work, count: int) -> None:
-    w.s.counters.gate_decisions_seen = count
-
-
 def _apply_gate_decision(
     w: Work,
     gate: AwaitingGate,
     decision: GateDecision | None,
     *,
-    key: str,
+    key: str | None,
     decided_by: str | None,
     value: str | None = None,
     reason: str | None = None,

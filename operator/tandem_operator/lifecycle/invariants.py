@@ -109,7 +109,9 @@ def finalize(w: Work) -> None:
     if s.phase in TERMINAL_PHASES:
         s.finished_at = s.finished_at or w.now
         s.checkpoint.awaiting_gate = None
-    s.detail = refresh_detail(s.detail, s.checkpoint)
+    else:
+        # B16 is about a run that goes on; a finished run's detail says how it ended.
+        s.detail = refresh_detail(s.detail, s.checkpoint)
     flow = w.flow()
     if flow is not None:
         s.progress = f"{len(s.checkpoint.completed_nodes)}/{len(flow.nodes)}"

@@ -148,6 +148,9 @@ def admit(w: Work) -> None:
     w.phase_to("Running")
     w.claim()
     w.s.started_at = w.s.started_at or w.now
+    # B5 counts silence while attempts run: not across the time the run waited or was
+    # paused, nor from an attempt a pause or a retry gave back (its node has no output).
+    w.cp.last_activity_at = w.now
     if w.s.automation_snapshot is None:
         w.s.automation_snapshot = flow.to_api()
     w.s.detail = "admitted"

@@ -7,9 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from tandem_operator.api.models import AwaitingGate, Node, Scheduler
+from tandem_operator.api.models import MAX_TOKEN_COUNT, AwaitingGate, Node, Scheduler
 from tandem_operator.api.vocabulary import NODE_STATUSES, holds_workspace
-from tandem_operator.lifecycle.bounds import MAX_VERDICT_ERROR_CHARS, MAX_VERDICTS, clip
+from tandem_operator.lifecycle.bounds import (
+    MAX_USAGE_TOKENS,
+    MAX_VERDICT_ERROR_CHARS,
+    MAX_VERDICTS,
+    clip,
+)
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
 from tandem_operator.lifecycle.contract import StartAttempt
 from tandem_operator.lifecycle.flow import descendants, nodes_by_id
@@ -43,15 +48,20 @@ def apply_outcomes(w: Work) -> None:
     for out in w.obs.outcomes:
         if out.prompt_tokens or out.completion_tokens:
             usage = w.s.usage
-            usage.prompt_tokens += out.prompt_tokens
-            usage.completion_tokens += out.completion_tokens
-            total = out.prompt_tokens + out.completion_tokens
-            usage.total_tokens += total
+            prompt = min(max(0, out.prompt_tokens), MAX_TOKEN_COUNT)
+            completion = min(max(0, out.completion_tokens), MAX_TOKEN_COUNT)
+            usage.prompt_tokens = min(usage.prompt_tokens + prompt, MAX_USAGE_TOKENS)
+            usage.completion_tokens = min(usage.completion_tokens + completion, MAX_USAGE_TOKENS)
+            total = prompt + completion
+            usage.total_tokens = min(usage.total_tokens + total, MAX_USAGE_TOKENS)
             cost = Decimal(usage.estimated_cost_usd or "0") + Decimal(total) / 1000 * cost_per_1k
             usage.estimated_cost_usd = _decimal_text(cost)
         # B12: attempts may finish while the run is Pausing; their results count.
         if not holds_workspace(w.s.phase):
             continue
+        # An outcome is executor activity (B5): a node given back by a transient error
+        # waits for its retry without looking silent since its attempt was dispatched.
+        w.cp.last_activity_at = w.now
         node_id = out.node_id
         if (
             node_id not in w.cp.pending_nodes
@@ -186,8 +196,9 @@ def silence(w: Work) -> Silence | None:
     """How long a Running run's executor has been silent, if it has attempts in progress.
 
     The threshold is max(``TANDEM_STALE_RUNNING_MS``, the longest in-progress node timeout
-    + 60 s); the latest sign of life is the runner's (any streamed line) or the last
-    dispatch kept in status (which survives restarts), else the run's start.
+    + 60 s); the latest sign of life is the runner's (any streamed line) or
+    ``checkpoint.lastActivityAt`` (which survives restarts): the last dispatch, outcome or
+    admission to Running, so time spent Queued or Paused never counts as silence.
     """
     if w.s.phase != "Running":
         return None

@@ -7,8 +7,8 @@ object's state is checked here, purely, so the webhook only wires it:
 
 - ``dependsOn`` must not form a cycle;
 - an approval gate's ``reworkTargets`` must be upstream of the gate;
-- every new ``gateDecisions`` entry must name an Approval node of the run's flow and one of
-  the decisions that gate allows;
+- every new ``gateDecisions`` entry (one the old list does not hold, wherever it sits) must
+  name an Approval node of the run's flow and one of the decisions that gate allows;
 - B18a/B18b, when the admission request's user is given: every new entry's ``decidedBy``
   is that user (the mutating webhook stamps it; this is the check that it happened), and
   the user, or one of its groups, is in the gate's ``approvers`` when the gate has them;
@@ -28,6 +28,8 @@ someone fixes it. What counts as unusable:
 - an ``automationSnapshot`` that is not a valid flow (the run has nothing to execute);
 - a timestamp that is not RFC 3339 (deadlines computed from it would never fire, or at
   once);
+- a ``usage.estimatedCostUsd`` that is not a decimal number (B17 adds to it, B8 compares
+  it: every decision would fail);
 - once admitted (a snapshot is set): ``completedNodes``, ``pendingNodes``,
   ``blockedNodes`` or ``nodeOutputs`` naming a node the flow does not have (the run would
   end Blocked or Failed because of a node that does not exist), an ``awaitingGate`` that
@@ -48,6 +50,7 @@ from typing import Any
 import pydantic
 
 from tandem_operator.api.models import (
+    DECIMAL,
     Approval,
     AutomationRunStatus,
     AutomationSpec,
@@ -56,7 +59,9 @@ from tandem_operator.api.models import (
 from tandem_operator.lifecycle.approvals import may_decide
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.flow import find_cycle, upstream
+from tandem_operator.lifecycle.gates import decision_keys, undecided
 
+_DECIMAL = re.compile(DECIMAL)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -82,18 +87,18 @@ def decision_problems(
     flow: AutomationSpec,
     decisions: Sequence[GateDecision],
     *,
-    first_new: int,
+    new: Sequence[int],
     user: str | None = None,
     groups: Sequence[str] = (),
 ) -> list[str]:
-    """What is wrong with the new entries (from ``first_new``) of spec.gateDecisions.
+    """What is wrong with the entries of ``decisions`` at the indexes ``new``.
 
     With ``user`` (the admission request's authenticated user and ``groups``), also B18a
     (``decidedBy`` is that user) and B18b (the user may decide the gate).
     """
     gates = {n.id: n for n in flow.nodes if n.kind == "Approval"}
     problems = []
-    for index in range(first_new, len(decisions)):
+    for index in new:
         decision = decisions[index]
         gate = gates.get(decision.gate)
         field = f"spec.gateDecisions[{index}]"
@@ -158,17 +163,26 @@ def run_problems(
         decisions = [GateDecision.model_validate(d) for d in spec.get("gateDecisions") or []]
     except pydantic.ValidationError:
         return problems
-    first_new = len((old_spec or {}).get("gateDecisions") or [])
+    try:
+        old = [GateDecision.model_validate(d) for d in (old_spec or {}).get("gateDecisions") or []]
+    except pydantic.ValidationError:
+        old = []
     if flow is not None:
+        # New entries are those the old list does not hold, wherever they were inserted.
         problems += decision_problems(
-            flow, decisions, first_new=first_new, user=user, groups=groups
+            flow, decisions, new=new_entries(old, decisions), user=user, groups=groups
         )
-    elif len(decisions) > first_new:
+    elif fresh := new_entries(old, decisions):
         problems.append(
-            f"spec.gateDecisions[{first_new}]: the run's flow is not resolved yet, so no gate "
+            f"spec.gateDecisions[{fresh[0]}]: the run's flow is not resolved yet, so no gate "
             "of it is waiting; decide once the run is AwaitingApproval"
         )
     return problems
+
+
+def new_entries(old: Sequence[GateDecision], new: Sequence[GateDecision]) -> list[int]:
+    """Indexes of the entries of ``new`` that ``old`` does not hold, wherever they sit."""
+    return undecided(new, decision_keys(old), seen=0)
 
 
 def flow_error(raw: object) -> str | None:
@@ -229,6 +243,11 @@ def status_problems(
     for path, value in _timestamps(status):
         if value is not None and not is_timestamp(value):
             problems.append(f"{path}: {value!r} is not an RFC 3339 timestamp")
+    cost = status.usage.estimated_cost_usd
+    if _DECIMAL.match(cost) is None:
+        problems.append(
+            f"status.usage.estimatedCostUsd: {cost!r} is not a decimal number such as 1.25"
+        )
     if status.automation_snapshot is None or flow is None:
         return problems
     known = {node.id for node in flow.nodes}

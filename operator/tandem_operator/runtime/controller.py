@@ -31,7 +31,7 @@ from tandem_operator.api.vocabulary import holds_workspace, waits_for_admission
 from tandem_operator.execution.registry import ExecutorRegistry, default_registry
 from tandem_operator.runtime.events import EventRecorder
 from tandem_operator.runtime.kubeapi import KubeApi
-from tandem_operator.runtime.leader import Leadership, new_identity
+from tandem_operator.runtime.leader import Leadership, lease_name, new_identity
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, WallClock
 from tandem_operator.runtime.reconciler import Reconciler
@@ -54,6 +54,7 @@ class Controller:
         *,
         settings: Settings,
         lease_namespace: str,
+        lease: str | None = None,
         namespaces: list[str] | None = None,
         identity: str | None = None,
         metrics: OperatorMetrics | None = None,
@@ -72,6 +73,7 @@ class Controller:
             self.api,
             identity=self.identity,
             namespace=lease_namespace,
+            name=lease or lease_name(namespaces, lease_namespace=lease_namespace),
             lease_seconds=settings.claim_lease_seconds,
             on_change=self._leadership_changed,
         )

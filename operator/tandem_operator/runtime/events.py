@@ -67,7 +67,7 @@ def event_body(
         "message": cut_to_bytes(event.message, MAX_MESSAGE_BYTES),
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
-        "reportingInstance": instance[:128],
+        "reportingInstance": cut_to_bytes(instance, 128),
         "firstTimestamp": now,
         "lastTimestamp": now,
         "count": 1,

@@ -84,11 +84,18 @@ class Gone(ApiError):
     """The object no longer exists (HTTP 404)."""
 
 
+class Invalid(ApiError):
+    """The API server refused the object's content (HTTP 422): sending it again will not
+    help."""
+
+
 def _api_error(status: int, message: str, reason: str = "") -> ApiError:
     if status == 409:
         return Conflict(status, message, reason=reason or "Conflict")
     if status == 404:
         return Gone(status, message, reason=reason or "NotFound")
+    if status == 422:
+        return Invalid(status, message, reason=reason or "Invalid")
     return ApiError(status, message, reason=reason)
 
 

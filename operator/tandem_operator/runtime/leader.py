@@ -1,9 +1,12 @@
 """Leader election and the operator instance's heartbeat: one coordination.k8s.io Lease.
 
-Every operator process has an identity (``<host>-<random>``) and competes for the Lease
-``tandem-operator`` in its own namespace. The holder is the only instance that admits,
-executes, recovers and settles runs; the others keep their caches warm and take over when
-the Lease expires. The same Lease is the heartbeat behind ``status.executionClaim``: a claim
+Every operator process has an identity (``<host>-<random>``) and competes for its install's
+Lease (:func:`lease_name`): ``tandem-operator`` for an operator that watches every namespace
+or only its Lease's, ``tandem-operator-<digest of the watched namespaces>`` otherwise, or the
+name given with ``--lease-name`` (the chart passes its release's full name). Operators that
+watch different namespaces therefore never wait for each other's Lease, wherever it lives.
+The holder is the only instance that admits, executes, recovers and settles runs; the
+others keep their caches warm and take over when the Lease expires. The same Lease is the heartbeat behind ``status.executionClaim``: a claim
 is live only while its claimant holds an unexpired Lease, so after a crash the next leader
 sees the dead instance's runs as orphaned and applies restart recovery (B1, B1r, B2).
 
@@ -16,11 +19,12 @@ the Kubernetes-native primitive for exactly "one holder at a time, with expiry".
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +35,21 @@ from tandem_operator.runtime.kubeapi import Conflict, KubeApi
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "tandem-operator"
+"""The Lease of an operator that watches every namespace."""
+
+
+def lease_name(namespaces: Sequence[str] | None, *, lease_namespace: str) -> str:
+    """The default Lease name for an operator watching ``namespaces`` (``None``: all).
+
+    ``tandem-operator`` when it watches every namespace, or only the one its Lease lives
+    in; else ``tandem-operator-<digest of the namespaces>``. Operators with the same set
+    contend for one Lease (one acts, the others stand by); operators with different sets
+    get different Leases and all act, even when their Leases share a namespace.
+    """
+    if not namespaces or set(namespaces) == {lease_namespace}:
+        return LEASE_NAME
+    digest = hashlib.sha256(",".join(sorted(set(namespaces))).encode()).hexdigest()[:10]
+    return f"{LEASE_NAME}-{digest}"
 
 
 def new_identity() -> str:
@@ -53,12 +72,14 @@ class Leadership:
         *,
         identity: str,
         namespace: str,
+        name: str = LEASE_NAME,
         lease_seconds: int,
         on_change: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.api = api
         self.identity = identity
         self.namespace = namespace
+        self.name = name
         self.lease_seconds = lease_seconds
         self.on_change = on_change
         self.is_leader = False
@@ -76,7 +97,7 @@ class Leadership:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("Lease renewal failed lease=%s error=%s", LEASE_NAME, exc)
+                log.warning("Lease renewal failed lease=%s error=%s", self.name, exc)
                 leader = False
             await self._set(leader)
             await asyncio.sleep(period if leader else max(1.0, period / 2))
@@ -89,10 +110,10 @@ class Leadership:
 
     async def _try_acquire(self) -> bool:
         now = datetime.now(UTC)
-        lease: Any = await self.api.read_lease(namespace=self.namespace, name=LEASE_NAME)
+        lease: Any = await self.api.read_lease(namespace=self.namespace, name=self.name)
         if lease is None:
             body = V1Lease(
-                metadata=V1ObjectMeta(name=LEASE_NAME, namespace=self.namespace),
+                metadata=V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=V1LeaseSpec(
                     holder_identity=self.identity,
                     lease_duration_seconds=self.lease_seconds,
@@ -115,12 +136,12 @@ class Leadership:
         if holder != self.identity:
             spec.acquire_time = now
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
-            log.info("Taking over lease=%s from=%s", LEASE_NAME, holder)
+            log.info("Taking over lease=%s from=%s", self.name, holder)
         spec.holder_identity = self.identity
         spec.renew_time = now
         spec.lease_duration_seconds = self.lease_seconds
         try:
-            await self.api.replace_lease(namespace=self.namespace, name=LEASE_NAME, body=lease)
+            await self.api.replace_lease(namespace=self.namespace, name=self.name, body=lease)
         except Conflict:
             return False
         return True
@@ -132,10 +153,10 @@ class Leadership:
             return
         self.is_leader = False
         try:
-            lease: Any = await self.api.read_lease(namespace=self.namespace, name=LEASE_NAME)
+            lease: Any = await self.api.read_lease(namespace=self.namespace, name=self.name)
             if lease is not None and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.renew_time = None
-                await self.api.replace_lease(namespace=self.namespace, name=LEASE_NAME, body=lease)
+                await self.api.replace_lease(namespace=self.namespace, name=self.name, body=lease)
         except Exception as exc:
-            log.warning("Lease release failed lease=%s error=%s", LEASE_NAME, exc)
+            log.warning("Lease release failed lease=%s error=%s", self.name, exc)

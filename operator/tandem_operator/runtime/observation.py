@@ -68,7 +68,11 @@ def definition_of(
 
 
 def overrides_in(store: Store, namespace: str, now_ms: int) -> tuple[Override, ...]:
-    """Approved, unexpired AgentQuotaOverrides of ``namespace`` (B7, B8)."""
+    """Approved, unexpired AgentQuotaOverrides of ``namespace`` (B7, B8).
+
+    An override whose spec does not parse, or whose ``expiresAt`` is not a time, does not
+    count: it is treated as expired rather than as one that never expires.
+    """
     found = []
     for (ns, name), body in store.overrides.items():
         if ns != namespace:
@@ -78,6 +82,8 @@ def overrides_in(store: Store, namespace: str, now_ms: int) -> tuple[Override, .
         except pydantic.ValidationError:
             continue
         expires = parse_ms(spec.expires_at)
+        if spec.expires_at is not None and expires is None:
+            continue  # an expiry nobody can read has passed: governance fails closed
         if spec.approved and (expires is None or expires > now_ms):
             found.append(Override(name=name, agent_id=spec.agent_id, expires_ms=expires))
     return tuple(found)

@@ -41,7 +41,8 @@ from tandem_operator.lifecycle.contract import Decision, Event, Observation, Sta
 from tandem_operator.lifecycle.engine import decide
 from tandem_operator.lifecycle.invariants import apply_conditions
 from tandem_operator.lifecycle.validation import flow_error, status_problems
-from tandem_operator.runtime.kubeapi import Conflict, Gone, merge_patch
+from tandem_operator.runtime.events import cut_to_bytes
+from tandem_operator.runtime.kubeapi import Conflict, Gone, Invalid, merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.observation import definition_of, overrides_in, parse_run
 from tandem_operator.runtime.ports import Clock, EventSink, KubeClient, Membership
@@ -54,6 +55,8 @@ PLURAL = "automationruns"
 MAX_PARSED = 512
 """At most this many runs keep the models of the version this operator last wrote."""
 MAX_CONFLICT_RETRIES = 5
+MAX_CONDITION_MESSAGE_BYTES = 32 * 1024
+"""metav1.Condition's limit on ``message``; the API server's own message may be longer."""
 
 
 @dataclass(frozen=True)
@@ -191,13 +194,23 @@ class Reconciler:
         if decision.changed:
             patch = merge_patch(body.get("status") or {}, decision.status.to_api())
             if patch:
-                stored = await self.api.patch_status(
-                    plural=PLURAL,
-                    namespace=key[0],
-                    name=key[1],
-                    resource_version=str(meta.get("resourceVersion", "")),
-                    status_patch=patch,
-                )
+                try:
+                    stored = await self.api.patch_status(
+                        plural=PLURAL,
+                        namespace=key[0],
+                        name=key[1],
+                        resource_version=str(meta.get("resourceVersion", "")),
+                        status_patch=patch,
+                    )
+                except Invalid as exc:
+                    # Writing the same content again would be refused again: no retry
+                    # loop. Say so and wait for a change (spec, outcome, tick) to decide
+                    # again; nothing is acted on, as nothing was recorded.
+                    await self._report_stalled(
+                        key, body, [f"status write refused: {exc.message}"], "StatusRejected"
+                    )
+                    self._parsed.pop(key, None)
+                    return
                 self.store.observe("runs", stored)
                 body, wrote = stored, True
                 self._remember(key, stored, spec, decision.status, definition)
@@ -243,6 +256,12 @@ class Reconciler:
         if spec is None or problem is not None:
             await self._report_invalid(key, body, [problem or "spec: invalid"])
             return None
+        if status is not None and status.observed_generation is None:
+            # A status written by hand says nothing of the spec it has seen: take it to
+            # have seen the spec as this process first found it. No write follows from
+            # that alone (B3); a later spec change, such as desiredState Running on a
+            # Paused run, is acted on (B12) and recorded.
+            status.observed_generation = self.store.first_generations.get(key, run.generation)
         definition, error = definition_of(self.store, key, spec, status)
         if (
             definition is None
@@ -413,22 +432,41 @@ class Reconciler:
         ``conditions`` is written, and only when the problems change. Once someone fixes
         the status, the next decision clears ``Stalled`` (see ``lifecycle.engine``).
         """
+        await self._report_stalled(key, body, problems, "InvalidStatus")
+
+    async def _report_stalled(
+        self, key: RunKey, body: Mapping[str, Any], problems: list[str], reason: str
+    ) -> None:
+        """A Warning Event ``reason`` and ``Stalled=True`` (reason ``reason``) naming the
+        problems; only ``conditions`` is written, and only when the message changes.
+
+        ``InvalidStatus``: the status as stored cannot be used. ``StatusRejected``: the API
+        server refused (422) the status a decision wrote; the run is decided again on its
+        next change, and the first write that succeeds clears ``Stalled``.
+        """
         message = "; ".join(problems[:3])
         if len(problems) > 3:
             message += f" (and {len(problems) - 3} more)"
+        message = cut_to_bytes(message, MAX_CONDITION_MESSAGE_BYTES)
         raw = body.get("status") or {}
         current = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
         stalled = next((c for c in current if c.get("type") == "Stalled"), None)
-        if stalled and stalled.get("status") == "True" and stalled.get("message") == message:
+        if (
+            stalled
+            and stalled.get("status") == "True"
+            and stalled.get("reason") == reason
+            and stalled.get("message") == message
+        ):
             return
-        log.warning("Invalid status run=%s/%s problems=%s", key[0], key[1], message)
-        self.events(body, Event(type="Warning", reason="InvalidStatus", message=message))
+        log.warning("Stalled run=%s/%s reason=%s problems=%s", key[0], key[1], reason, message)
+        self.events(body, Event(type="Warning", reason=reason, message=message))
         probe = AutomationRunStatus(phase=None)
         apply_conditions(
             probe,
             now=format_ms(self.clock.now_ms()),
             generation=int(body.get("metadata", {}).get("generation") or 0),
             stalled_reason=message,
+            stalled_kind=reason,
         )
         conditions = [c.to_api() for c in probe.conditions if c.type == "Stalled"]
         others = [c for c in current if c.get("type") != "Stalled"]

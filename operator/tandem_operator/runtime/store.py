@@ -157,6 +157,9 @@ class Store:
         self.automations: dict[RunKey, dict[str, Any]] = {}
         self.endpoints: dict[RunKey, dict[str, Any]] = {}
         self.overrides: dict[RunKey, dict[str, Any]] = {}
+        self.first_generations: dict[RunKey, int] = {}
+        """Each run's metadata.generation when this process first saw it: the spec a status
+        without observedGeneration (written by hand) is taken to have seen (B3, B12)."""
         self.admission = AdmissionQueue(capacity=capacity, referenced=self.referenced)
 
     def referenced(self, namespace: str, name: str) -> FlowFacts:
@@ -184,12 +187,14 @@ class Store:
     def _observe_run(self, key: RunKey, body: Mapping[str, Any], *, deleted: bool) -> bool:
         if deleted:
             self.admission.update(key, phase=None, waiting=None)
+            self.first_generations.pop(key, None)
             return self.runs.pop(key, None) is not None
         current = self.runs.get(key)
         if current is not None and resource_version(body) <= current.resource_version:
             return False
         run = CachedRun.of(body)
         self.runs[key] = run
+        self.first_generations.setdefault(key, run.generation)
         self.admission.update(key, phase=run.phase, waiting=run.waiting())
         return True
 

@@ -3,7 +3,8 @@
 As controller-runtime's work queue: a key kicked many times before its reconcile starts is
 reconciled once (``kick`` de-duplicates); each key has its own lock, so the reconciles of
 one run are serialised while different runs proceed concurrently; a reconcile that raised
-(the API server unreachable, etcd down) is retried after ``retry_after_failure_ms``; and
+(the API server unreachable, etcd down) is retried after ``retry_after_failure_ms``,
+doubled with each failure in a row up to ``MAX_RETRY_AFTER_FAILURE_MS``; and
 each key has at most one wake-up, the deadline its last decision returned
 (``Decision.requeue_at_ms``), replaced by every new one.
 """
@@ -23,6 +24,8 @@ Handler = Callable[[RunKey, float], Awaitable[None]]
 """Reconciles one key; the float is when it was first kicked (monotonic seconds)."""
 
 RETRY_AFTER_FAILURE_MS = 2000
+MAX_RETRY_AFTER_FAILURE_MS = 300_000
+"""A key that keeps failing is retried at most this far apart (5 minutes)."""
 CLOSE_SECONDS = 5.0
 WAKE_SLACK_SECONDS = 0.05
 """A wake-up fires this much after its deadline, so the rule finds its time has come."""
@@ -43,6 +46,7 @@ class WorkQueue:
         self._locks: dict[RunKey, asyncio.Lock] = {}
         self._wakeups: dict[RunKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: dict[RunKey, int] = {}
         self.alive: Callable[[RunKey], bool] = lambda key: True
         """Whether a key still exists (a failed reconcile of a deleted run is not retried)."""
 
@@ -71,6 +75,7 @@ class WorkQueue:
         """The run is gone: no wake-up, no lock."""
         self.wake_at(key, None)
         self._locks.pop(key, None)
+        self._failures.pop(key, None)
 
     def spawn(self, coro: Awaitable[None], *, name: str) -> None:
         """Run ``coro`` as a task the queue keeps until it ends (and waits for on close)."""
@@ -87,9 +92,14 @@ class WorkQueue:
         try:
             await self._handler(key, kicked_at)
         except Exception:
-            log.exception("Reconcile failed run=%s/%s", *key)
+            failures = self._failures.get(key, 0)
+            self._failures[key] = failures + 1
+            log.exception("Reconcile failed run=%s/%s failures=%d", *key, failures + 1)
             if self.alive(key):
-                self.wake_at(key, self._clock.now_ms() + self._retry_ms)
+                delay = min(self._retry_ms * 2 ** min(failures, 16), MAX_RETRY_AFTER_FAILURE_MS)
+                self.wake_at(key, self._clock.now_ms() + delay)
+        else:
+            self._failures.pop(key, None)
 
     async def close(self) -> None:
         """Cancel every wake-up and wait (a bounded while) for reconciles under way."""
