@@ -574,11 +574,33 @@ def test_apiserver_and_etcd_restarts_mid_flight(
         approver.approve_waiting(items)
         return all(_phase(r) in TERMINAL for r in items)
 
+    def unfinished() -> str:
+        """The runs that have not ended, as stored, and whether the operator still runs."""
+        items = _list_runs(cluster)
+        stuck = {
+            r["metadata"]["name"]: {
+                key: (r.get("status") or {}).get(key)
+                for key in ("phase", "detail", "updatedAt", "executionClaim", "scheduler")
+            }
+            | {
+                key: ((r.get("status") or {}).get("checkpoint") or {}).get(key)
+                for key in ("pendingNodes", "nodeAttempts", "nodeOutputs", "gateHistory")
+            }
+            | {"spec.gateDecisions": r["spec"].get("gateDecisions")}
+            for r in items
+            if _phase(r) not in TERMINAL
+        }
+        return (
+            f"{Counter(_phase(r) for r in items)}; operator alive={operator.alive}; "
+            f"not ended: {json.dumps(stuck, indent=1)}; "
+            f"operator log tail:\n{operator.log()[-4000:]}"
+        )
+
     wait_for(
         finished,
         timeout=180,
         what="every run to finish after the etcd restart",
-        describe=lambda: str(Counter(_phase(r) for r in _list_runs(cluster))),
+        describe=unfinished,
     )
     assert operator.alive, operator.log()[-3000:]
     items = _list_runs(cluster)
