@@ -6,25 +6,41 @@ Two tests, each a promise that could fail:
    flows with an approval gate (the test approves each gate as it appears, as a person
    would), chains sharing 5 workspaces, and chains with a single-attempt node. The operator
    runs with ``TANDEM_RESTART_RECOVERY=requeue`` (B1r) and a 3 s claim lease, and is
-   SIGKILLed at random moments while nodes are running, then started again at once. At the
-   end every run has reached the end the rules predict from its own history:
+   SIGKILLed at random moments while nodes are running, then started again at once. Each
+   operator is killed only after it has completed nodes of the workload; should the
+   workload run dry before the tenth kill, a wave held in reserve gives the operator some
+   just before its kill is due. At the end every run has reached the end the rules predict
+   from its own history, whatever the kills happened to hit:
 
    - a node interrupted by a crash is recorded in a ``run_queued_for_resume_after_restart``
      record (``metadata.interrupted_nodes``) and runs again, so a completed node has
      exactly ``1 + interruptions`` attempts, never more than ``maxAttempts``, and exactly
      one ``completed`` verdict (no outcome counted twice, none lost);
-   - a node interrupted on its last attempt fails the run as B1 says (``ServerRestart``),
-     and only then: such a run has ``maxAttempts - 1`` recorded interruptions of that node;
-   - four runs whose single-attempt node runs for 40 s are admitted first, so a kill
-     certainly interrupts them: they must end Failed, and every run that has no
-     single-attempt node must end Completed;
+   - a run ends Failed (``ServerRestart``, B1) only when its history says a kill
+     interrupted a node on its last attempt: a ``run_failed_server_restart`` record, last
+     in the history, and a node out of attempts without output that has ``maxAttempts -
+     1`` recorded interruptions. Any other run ends Completed. So a run without a
+     single-attempt node ends Completed unless kills used up all attempts of one node;
+   - every restart record follows a kill, and no run is recovered twice after one kill;
    - each gate decision lands in ``gateHistory`` exactly once;
    - throughout, no operator instance runs two runs of the same workspace at once.
+
+   Which of the random runs a kill interrupts is luck; the witnesses below are not, because
+   the kills wait for them (and their nodes cannot end while the kill is awaited):
+
+   - four ``doomed-*`` runs whose single-attempt node never ends on its own: the first kill
+     waits until all four are running it, so all four must end Failed;
+   - ``stubborn``, whose 10-attempt node never ends on its own: every kill waits until its
+     next attempt is running, so it is interrupted exactly 10 times, requeued 9 times (B1r)
+     and fails on the tenth (B1), and the workload lasts through every kill;
+   - ``resumed``, whose node runs on an agent endpoint that holds the first attempt open
+     and answers the next one at once: the first kill waits until attempt 1 is running and
+     the second until the run has ended, so it completes with 2 attempts, 1 interruption.
 
    It takes two to four minutes on a 2-core machine, so it is marked ``slow``.
 
 2. **A kube-apiserver restart and an etcd restart mid-flight**: the operator keeps running,
-   reconnects, and every run completes.
+   reconnects, takes decisions written after each restart, and every run completes.
 
 The control plane is the session's, shared with every other test: only this module
 restarts it, and it waits for ``/readyz`` afterwards so later tests find it ready.
@@ -32,18 +48,24 @@ restarts it, and it waits for ``/readyz`` afterwards so later tests find it read
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
 import yaml
 from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
 
+from agentserver import Activity, AgentServer, Result
+
 RESTART_DETAIL = "automation run interrupted by server restart"
+REQUEUED = "run_queued_for_resume_after_restart"
+FAILED_ON_RESTART = "run_failed_server_restart"
 TERMINAL = frozenset({"Completed", "Failed", "Blocked", "Cancelled"})
 CHAOS_ENV = {
     "TANDEM_RESTART_RECOVERY": "requeue",
@@ -51,6 +73,11 @@ CHAOS_ENV = {
     "TANDEM_SCHEDULER_MAX_CONCURRENT_RUNS": "24",
 }
 KILLS = 10
+STALL_SECONDS = 300
+"""The kill test fails when no run has moved (phase, attempts, completed nodes) and no kill
+happened for this long. A budget for the whole test would depend on the machine's load."""
+AGENT_ENDPOINT = "engine"
+"""The AgentEndpoint the ``agent`` fixture creates."""
 
 
 # ------------------------------------------------------------------------ the workload
@@ -92,12 +119,50 @@ def _fragile(name: str, *, after: float, once: float) -> dict[str, Any]:
 
 
 DOOMED = 4
-"""Fragile runs created first (so admitted first) whose single-attempt node runs for 40 s:
-a kill certainly interrupts it, and B1r must fail them (out of attempts)."""
+"""Runs whose single-attempt node ``once`` never ends on its own (outcome ``stall``)."""
+STUBBORN = "stubborn"
+"""The run whose node ``stuck`` (``KILLS`` attempts, outcome ``stall``) every kill waits for."""
+RESUMED = "resumed"
+"""The run whose agent node ``resume`` is held open on attempt 1 and answered on attempt 2."""
+
+
+def _doomed(name: str) -> dict[str, Any]:
+    return simulated_run(
+        name,
+        [
+            sim("prepare", after=0.2),
+            sim("once", outcome="stall", dependsOn=["prepare"], maxAttempts=1),
+            sim("finish", after=0.2, dependsOn=["once"]),
+        ],
+    )
+
+
+def _stubborn() -> dict[str, Any]:
+    return simulated_run(
+        STUBBORN,
+        [
+            sim("stuck", outcome="stall", maxAttempts=KILLS),
+            sim("finish", after=0.2, dependsOn=["stuck"]),
+        ],
+    )
+
+
+def _resumed() -> dict[str, Any]:
+    return simulated_run(
+        RESUMED,
+        [
+            {
+                "id": "resume",
+                "agentId": "agent",
+                "executor": {"endpointRef": {"name": AGENT_ENDPOINT}},
+            },
+            sim("finish", after=0.2, dependsOn=["resume"]),
+        ],
+    )
 
 
 def _workload(rng: random.Random) -> list[dict[str, Any]]:
-    """The doomed runs first, then the other 196 in random order."""
+    """The witnesses first (so admitted first), then the other 196 in random order."""
     runs: list[dict[str, Any]] = []
     for i in range(80):
         runs.append(_plain(f"plain-{i:03d}", after=rng.choice([0.2, 0.4, 0.6])))
@@ -108,8 +173,31 @@ def _workload(rng: random.Random) -> list[dict[str, Any]]:
     for i in range(16):
         runs.append(_fragile(f"fragile-{i:03d}", after=0.4, once=3.0))
     rng.shuffle(runs)
-    doomed = [_fragile(f"doomed-{i}", after=0.2, once=40.0) for i in range(DOOMED)]
-    return [*doomed, *runs]
+    witnesses = [*(_doomed(f"doomed-{i}") for i in range(DOOMED)), _stubborn(), _resumed()]
+    return [*witnesses, *runs]
+
+
+WITNESS_NAMES = frozenset({*(f"doomed-{i}" for i in range(DOOMED)), STUBBORN, RESUMED})
+WITNESSES = len(WITNESS_NAMES)
+
+
+RESERVE_WAVE = 8
+
+
+def _reserve(workload: list[dict[str, Any]]) -> tuple[list[Any], list[list[Any]]]:
+    """The workload created at once, and ``KILLS`` small waves held in reserve.
+
+    A wave is created only when the next kill waits for nothing but the workload: the
+    witnesses are running, and the current operator has nothing of the workload left to do
+    (the rest finished quickly). That happens at most once per operator, so every operator
+    that is killed has completed nodes of the workload, however fast the rest ran, and the
+    wave is still young when the kill lands. Whatever is left is created after the last kill.
+    """
+    cut = len(workload) - KILLS * RESERVE_WAVE
+    reserve = workload[cut:]
+    return workload[:cut], [
+        reserve[i : i + RESERVE_WAVE] for i in range(0, len(reserve), RESERVE_WAVE)
+    ]
 
 
 # ---------------------------------------------------------------------- observations
@@ -146,15 +234,63 @@ def _workspace_holders(items: list[dict[str, Any]]) -> dict[tuple[str, str], lis
     return {key: names for key, names in holders.items() if len(names) > 1}
 
 
-def _progress(items: list[dict[str, Any]]) -> frozenset[tuple[str, int]]:
-    """Completed nodes per run: grows only when an operator completes a node."""
+def _workload_done(items: list[dict[str, Any]]) -> int:
+    """Completed nodes of the workload (not the witnesses): grows only when an operator
+    completes one of its nodes, and never shrinks (B1r keeps completed nodes)."""
+    return sum(
+        len((run.get("status") or {}).get("checkpoint", {}).get("completedNodes", []))
+        for run in items
+        if run["metadata"]["name"] not in WITNESS_NAMES
+    )
+
+
+def _movement(items: list[dict[str, Any]]) -> frozenset[tuple[str, Any, int, int]]:
+    """Per run: phase, completed nodes and attempts started; changes whenever a run moves."""
     return frozenset(
         (
             run["metadata"]["name"],
-            len((run.get("status") or {}).get("checkpoint", {}).get("completedNodes", [])),
+            _phase(run),
+            len(((run.get("status") or {}).get("checkpoint") or {}).get("completedNodes", [])),
+            sum(
+                (
+                    ((run.get("status") or {}).get("checkpoint") or {}).get("nodeAttempts") or {}
+                ).values()
+            ),
         )
         for run in items
     )
+
+
+def _running_attempt(run: dict[str, Any], node_id: str, attempt: int) -> bool:
+    """The run is Running and ``node_id`` is in progress on exactly this attempt (stored)."""
+    status = run.get("status") or {}
+    cp = status.get("checkpoint") or {}
+    return (
+        status.get("phase") == "Running"
+        and node_id in cp.get("pendingNodes", [])
+        and node_id not in cp.get("blockedNodes", [])
+        and (cp.get("nodeAttempts") or {}).get(node_id) == attempt
+        and node_id not in (cp.get("nodeOutputs") or {})
+    )
+
+
+def _kill_awaits(runs: dict[str, dict[str, Any]], kills: int) -> str | None:
+    """What kill number ``kills + 1`` still waits for; None when it may land.
+
+    Each awaited node is one that cannot end on its own (``stall``, or an agent that holds
+    the attempt open), so once it is seen running, the kill is certain to interrupt it.
+    """
+    if not _running_attempt(runs[STUBBORN], "stuck", kills + 1):
+        return f"{STUBBORN}: node stuck running attempt {kills + 1}"
+    if kills == 0:
+        for i in range(DOOMED):
+            if not _running_attempt(runs[f"doomed-{i}"], "once", 1):
+                return f"doomed-{i}: node once running attempt 1"
+        if not _running_attempt(runs[RESUMED], "resume", 1):
+            return f"{RESUMED}: node resume running attempt 1"
+    if kills == 1 and _phase(runs[RESUMED]) not in TERMINAL:
+        return f"{RESUMED} to end"
+    return None
 
 
 class Approver:
@@ -192,13 +328,33 @@ class Approver:
 def _interruptions(status: dict[str, Any]) -> Counter[str]:
     found: Counter[str] = Counter()
     for record in status["checkpoint"]["lifecycleHistory"]:
-        if record["event"] == "run_queued_for_resume_after_restart":
+        if record["event"] == REQUEUED:
             found.update(record["metadata"]["interrupted_nodes"])
     return found
 
 
-def _check_run(run: dict[str, Any]) -> str:
-    """The end this run's own history predicts; raises if it ended anywhere else."""
+def _check_restart_records(name: str, history: list[dict[str, Any]], kills: list[float]) -> None:
+    """Every restart record follows a kill, and one kill recovers a run at most once.
+
+    ``kills`` holds the wall-clock time right after each killed process was reaped: the
+    records of the operator started after kill ``k`` fall between kill ``k`` and kill
+    ``k + 1`` (that operator was started after the one and was dead before the other).
+    """
+    after_kill = [
+        bisect.bisect_right(kills, datetime.fromisoformat(r["recordedAt"]).timestamp())
+        for r in history
+        if r["event"] in (REQUEUED, FAILED_ON_RESTART)
+    ]
+    assert 0 not in after_kill, (name, "restart recovery before the first kill", history)
+    assert len(set(after_kill)) == len(after_kill), (name, "recovered twice after one kill")
+
+
+def _check_run(run: dict[str, Any], kills: list[float]) -> tuple[str, str | None]:
+    """The end this run's own history predicts, checked: ``(phase, lost node)``.
+
+    Raises if the run ended anywhere else. ``lost node`` is the node whose last attempt a
+    kill interrupted (a Failed run), None for a Completed run.
+    """
     name = run["metadata"]["name"]
     status = run["status"]
     cp = status["checkpoint"]
@@ -207,32 +363,50 @@ def _check_run(run: dict[str, Any]) -> str:
     history = cp["lifecycleHistory"]
     # The whole history is there, so the interruptions counted from it are all of them.
     assert status["counters"]["lifecycleRecords"] == len(history), name
+    _check_restart_records(name, history, kills)
     interrupted = _interruptions(status)
     attempts = cp.get("nodeAttempts", {})
     verdicts = cp.get("nodeAttemptVerdicts", {})
+    outputs = cp.get("nodeOutputs", {})
+    completed = cp.get("completedNodes", [])
     for node_id, limit in tasks.items():
         assert attempts.get(node_id, 0) <= limit, f"{name}: {node_id} went past maxAttempts"
-    for node_id in cp.get("completedNodes", []):
+    for node_id in completed:
         if node_id not in tasks:
             continue
         assert attempts[node_id] == 1 + interrupted[node_id], (name, node_id, attempts, history)
         assert [v["status"] for v in verdicts[node_id]] == ["completed"], (name, node_id)
-    if status["phase"] == "Completed":
-        assert sorted(cp["completedNodes"]) == sorted(n["id"] for n in flow["nodes"]), name
-        return "Completed"
-    # The only other end: a node interrupted on its last attempt (B1r falls back to B1).
-    assert status["phase"] == "Failed", (name, status["phase"], status.get("detail"))
+
+    # The prediction, from the history alone: B1 applies only to a run a kill caught on a
+    # node's last attempt, recorded as the run's last record; every other run completes.
+    failed_on_restart = [i for i, r in enumerate(history) if r["event"] == FAILED_ON_RESTART]
+    expected = "Failed" if failed_on_restart else "Completed"
+    assert status["phase"] == expected, (
+        name,
+        f"history predicts {expected}",
+        status["phase"],
+        status.get("detail"),
+        [r["event"] for r in history],
+    )
+    if expected == "Completed":
+        assert sorted(completed) == sorted(n["id"] for n in flow["nodes"]), name
+        return "Completed", None
+    assert failed_on_restart == [len(history) - 1], (name, "B1 is not the last record", history)
     assert status["stopKind"] == "ServerRestart", (name, status.get("detail"))
-    assert status["detail"] == RESTART_DETAIL
-    assert history[-1]["event"] == "run_failed_server_restart"
+    assert status["detail"] == RESTART_DETAIL, name
+    # The node the last kill caught: out of attempts, no output, each earlier attempt
+    # interrupted by a kill (recorded by B1r); B1 on a node with attempts left is a bug.
     lost = [
         n
         for n in cp["pendingNodes"]
-        if n in tasks and attempts.get(n, 0) == tasks[n] and n not in cp.get("nodeOutputs", {})
+        if n in tasks and attempts.get(n, 0) == tasks[n] and n not in outputs
     ]
-    assert len(lost) == 1, (name, cp)
+    assert len(lost) == 1, (name, "B1 without exactly one node out of attempts", cp)
     assert interrupted[lost[0]] == tasks[lost[0]] - 1, (name, lost, history)
-    return "Failed"
+    for node_id in tasks:
+        if node_id != lost[0] and node_id not in completed:
+            assert attempts.get(node_id, 0) == 0, (name, node_id, "ran after the lost node")
+    return "Failed", lost[0]
 
 
 # ------------------------------------------------------------------------------ kills
@@ -240,70 +414,114 @@ def _check_run(run: dict[str, Any]) -> str:
 
 @pytest.mark.slow
 def test_two_hundred_runs_survive_ten_operator_kills(
-    cluster: Cluster, operators: Callable[..., OperatorProcess]
+    cluster: Cluster, operators: Callable[..., OperatorProcess], agent: AgentServer
 ) -> None:
+    # Attempt 1 of ``resume`` keeps talking (so no idle timeout ends it) for 20 minutes:
+    # only a kill ends it. Later attempts get the default answer: completed at once.
+    agent.script(node="resume", attempt=1, steps=[Activity(count=2400, delay=0.5), Result()])
     rng = random.Random(20261124)
     runs = _workload(rng)
     manifests = {r["metadata"]["name"]: r for r in runs}
-    cluster.apply(*runs[:DOOMED])
-    time.sleep(1.1)  # creationTimestamp has whole seconds: the doomed runs are older
-    for start in range(DOOMED, len(runs), 49):
-        cluster.apply(*runs[start : start + 49])
+    at_once, reserve = _reserve(runs[WITNESSES:])
+    cluster.apply(*runs[:WITNESSES])
+    time.sleep(1.1)  # creationTimestamp has whole seconds: the witnesses are older
+    for start in range(0, len(at_once), 49):
+        cluster.apply(*at_once[start : start + 49])
+    created = WITNESSES + len(at_once)
     approver = Approver(cluster, manifests)
 
     operator = operators(**CHAOS_ENV)
-    kills = 0
+    kill_walls: list[float] = []
     kill_at: float | None = None
-    since_start = _progress([])
+    done_at_start = 0
     began = time.monotonic()
-    deadline = began + 600
+    moved_at, last_movement = began, (0, _movement([]))
     while True:
         items = _list_runs(cluster)
-        assert len(items) == len(runs), "a run was lost"
+        assert len(items) == created, "a run was lost"
         doubled = _workspace_holders(items)
         assert not doubled, f"workspace held twice: {doubled}"
         approver.approve_waiting(items)
         phases = Counter(_phase(r) for r in items)
-        if sum(phases[p] for p in TERMINAL) == len(items):
+        if sum(phases[p] for p in TERMINAL) == len(runs):
             break
-        assert time.monotonic() < deadline, f"runs did not finish: {dict(phases)}"
-        # Kill at a random moment once the current operator has moved some run on, so
-        # every kill lands on an operator at work with nodes running.
-        progress = _progress(items)
-        if kills < KILLS and kill_at is None and progress != since_start and phases["Running"]:
+        by_name = {r["metadata"]["name"]: r for r in items}
+        kills = len(kill_walls)
+        awaits = _kill_awaits(by_name, kills) if kills < KILLS else None
+        movement = (kills, _movement(items))
+        if movement != last_movement:
+            moved_at, last_movement = time.monotonic(), movement
+        if time.monotonic() - moved_at >= STALL_SECONDS:
+            open_runs = sorted(n for n, r in by_name.items() if _phase(r) not in TERMINAL)
+            raise AssertionError(
+                f"nothing moved for {STALL_SECONDS}s: {dict(phases)}; after {kills} kills; "
+                f"next kill waits for: {awaits}; not ended: {open_runs[:20]}"
+            )
+        # Kill at a random moment once the current operator is running the witnesses'
+        # next attempts and has completed a node of the workload (the reserve guarantees
+        # it has some), so every kill lands on an operator at work.
+        done = _workload_done(items)
+        if kills < KILLS and kill_at is None and awaits is None and done > done_at_start:
             kill_at = time.monotonic() + rng.uniform(0.2, 2.0)
+        workload_open = any(
+            _phase(r) not in TERMINAL for n, r in by_name.items() if n not in WITNESS_NAMES
+        )
+        if kills < KILLS and awaits is None and done == done_at_start and not workload_open:
+            # Nothing of the workload left for this operator, which has not completed a
+            # node of it yet: a wave from the reserve (its nodes will complete).
+            wave = reserve.pop(0)
+            cluster.apply(*wave)
+            created += len(wave)
+            print(f"reserve wave after {kills} kills: {[r['metadata']['name'] for r in wave]}")
         if kill_at is not None and time.monotonic() >= kill_at:
             assert operator.alive, operator.log()[-3000:]
             operator.kill()
-            kills += 1
+            kill_walls.append(time.time())
             kill_at = None
+            # Counted with the killed operator dead and the next not started: what the
+            # next one must add to.
+            done_at_start = _workload_done(_list_runs(cluster))
             operator = operators(**CHAOS_ENV)
-            since_start = progress
-            print(f"kill {kills} at {time.monotonic() - began:.0f}s: {dict(phases)}")
+            print(f"kill {len(kill_walls)} at {time.monotonic() - began:.0f}s: {dict(phases)}")
+            if len(kill_walls) == KILLS and reserve:
+                rest = [run for wave in reserve for run in wave]
+                reserve.clear()
+                cluster.apply(*rest)
+                created += len(rest)
         # Listing 200 runs is work for the API server and this machine too: not too often.
         time.sleep(0.7)
 
-    assert kills == KILLS, f"the runs finished after {kills} kills; the workload is too short"
-    assert operator.alive
+    assert operator.alive, operator.log()[-3000:]
     items = _list_runs(cluster)
-    ends = Counter(_check_run(run) for run in items)
-    interrupted = sum(sum(_interruptions(run["status"]).values()) for run in items)
-    # The kills did hit running nodes; only single-attempt nodes can fail a run.
-    assert interrupted > 0
-    for run in items:
-        name, phase = run["metadata"]["name"], run["status"]["phase"]
-        if name.startswith("doomed-"):
-            assert phase == "Failed", (name, run["status"].get("detail"))
-        elif not name.startswith("fragile-"):
-            assert phase == "Completed", (name, run["status"].get("detail"))
-    for run in items:
-        name = run["metadata"]["name"]
+    by_name = {r["metadata"]["name"]: r for r in items}
+    ends = {name: _check_run(run, kill_walls) for name, run in by_name.items()}
+    interrupted = {name: _interruptions(run["status"]) for name, run in by_name.items()}
+
+    # The witnesses end as their construction says (each kill waited for them).
+    for i in range(DOOMED):
+        assert ends[f"doomed-{i}"] == ("Failed", "once"), (f"doomed-{i}", ends[f"doomed-{i}"])
+    assert ends[STUBBORN] == ("Failed", "stuck"), ends[STUBBORN]
+    assert interrupted[STUBBORN] == Counter({"stuck": KILLS - 1}), interrupted[STUBBORN]
+    assert len(kill_walls) == KILLS
+    assert ends[RESUMED] == ("Completed", None), ends[RESUMED]
+    assert interrupted[RESUMED] == Counter({"resume": 1}), interrupted[RESUMED]
+    assert by_name[RESUMED]["status"]["checkpoint"]["nodeAttempts"] == {"resume": 2, "finish": 1}
+    assert [r.attempt for r in agent.requests_for("resume")] == [1, 2]
+    # Every other run ended where _check_run's prediction says: Completed, or Failed only
+    # with a node whose every attempt a kill interrupted (for a run without a
+    # single-attempt node, that takes maxAttempts - 1 recorded interruptions first).
+    for name, run in by_name.items():
         history = run["status"]["checkpoint"].get("gateHistory", [])
         if name.startswith("gated-"):
             assert [(e["nodeId"], e["decision"]) for e in history] == [("review", "approve")]
         else:
             assert history == [], name
-    print(f"kills={kills} ends={dict(ends)} interrupted_attempts={interrupted}")
+    exhausted = sorted(n for n, (end, _) in ends.items() if end == "Failed")
+    print(
+        f"kills={len(kill_walls)} ends={dict(Counter(end for end, _ in ends.values()))} "
+        f"interrupted_attempts={sum(sum(c.values()) for c in interrupted.values())} "
+        f"failed={exhausted}"
+    )
 
 
 # ------------------------------------------------------------------ control plane
@@ -319,36 +537,59 @@ def test_apiserver_and_etcd_restarts_mid_flight(
     runs += [_gated(f"gate-{i:02d}", after=1.0) for i in range(4)]
     manifests = {r["metadata"]["name"]: r for r in runs}
     approver = Approver(cluster, manifests)
-    # Two runs wait at their gates until etcd has restarted, so that work is still in
-    # flight at both restarts however fast the others finish.
-    approver.held = {"gate-02", "gate-03"}
+    # Three runs wait at their gates: gate-01 until the kube-apiserver has restarted,
+    # gate-02 and gate-03 until etcd has. So work is in flight at both restarts, however
+    # fast the others finish, and after each restart the operator has to take a decision
+    # written after it and run the node behind the gate.
+    after_apiserver, after_etcd = {"gate-01"}, {"gate-02", "gate-03"}
+    approver.held = after_apiserver | after_etcd
     operator = operators(**CHAOS_ENV)
     cluster.apply(*runs)
 
-    def some_running() -> bool:
+    def phases_of(names: set[str]) -> dict[str, str | None]:
+        return {
+            r["metadata"]["name"]: _phase(r)
+            for r in _list_runs(cluster)
+            if r["metadata"]["name"] in names
+        }
+
+    def held_awaiting() -> bool:
         items = _list_runs(cluster)
         approver.approve_waiting(items)
-        return any(_phase(r) == "Running" for r in items)
+        return all(
+            _phase(r) == "AwaitingApproval" for r in items if r["metadata"]["name"] in approver.held
+        )
 
-    wait_for(some_running, timeout=60, what="runs to be running")
+    wait_for(
+        held_awaiting,
+        timeout=60,
+        what="the held gates to await approval",
+        describe=lambda: str(phases_of(approver.held)),
+    )
     plane.restart_apiserver(downtime=2.0)
     assert plane.is_ready()
-    before = Counter(_phase(r) for r in _list_runs(cluster))
-    assert sum(before[p] for p in TERMINAL) < len(runs), "everything ended before the restart"
+    assert phases_of(approver.held) == dict.fromkeys(approver.held, "AwaitingApproval")
 
-    # The operator is back at work: more runs end than had ended before the restart.
-    done_before = sum(before[p] for p in TERMINAL)
+    # The operator is back at work: it takes gate-01's decision, written after the
+    # restart, and runs gate-01 to its end.
+    approver.held -= after_apiserver
 
-    def progressed() -> bool:
+    def gate_01_ended() -> bool:
         items = _list_runs(cluster)
         approver.approve_waiting(items)
-        return sum(_phase(r) in TERMINAL for r in items) > done_before
+        return all(_phase(r) in TERMINAL for r in items if r["metadata"]["name"] in after_apiserver)
 
-    wait_for(progressed, timeout=90, what="progress after the kube-apiserver restart")
-    mid = Counter(_phase(r) for r in _list_runs(cluster))
-    assert sum(mid[p] for p in TERMINAL) < len(runs), "everything ended before etcd restarted"
+    wait_for(
+        gate_01_ended,
+        timeout=90,
+        what="gate-01, approved after the kube-apiserver restart, to end",
+        describe=lambda: str(phases_of(after_apiserver)),
+    )
+    assert phases_of(after_apiserver) == dict.fromkeys(after_apiserver, "Completed")
+    assert phases_of(after_etcd) == dict.fromkeys(after_etcd, "AwaitingApproval")
     plane.restart_etcd(downtime=2.0)
     assert plane.is_ready()
+    assert phases_of(after_etcd) == dict.fromkeys(after_etcd, "AwaitingApproval")
     approver.held.clear()
 
     def finished() -> bool:
@@ -356,11 +597,33 @@ def test_apiserver_and_etcd_restarts_mid_flight(
         approver.approve_waiting(items)
         return all(_phase(r) in TERMINAL for r in items)
 
+    def unfinished() -> str:
+        """The runs that have not ended, as stored, and whether the operator still runs."""
+        items = _list_runs(cluster)
+        stuck = {
+            r["metadata"]["name"]: {
+                key: (r.get("status") or {}).get(key)
+                for key in ("phase", "detail", "updatedAt", "executionClaim", "scheduler")
+            }
+            | {
+                key: ((r.get("status") or {}).get("checkpoint") or {}).get(key)
+                for key in ("pendingNodes", "nodeAttempts", "nodeOutputs", "gateHistory")
+            }
+            | {"spec.gateDecisions": r["spec"].get("gateDecisions")}
+            for r in items
+            if _phase(r) not in TERMINAL
+        }
+        return (
+            f"{Counter(_phase(r) for r in items)}; operator alive={operator.alive}; "
+            f"not ended: {json.dumps(stuck, indent=1)}; "
+            f"operator log tail:\n{operator.log()[-4000:]}"
+        )
+
     wait_for(
         finished,
         timeout=180,
         what="every run to finish after the etcd restart",
-        describe=lambda: str(Counter(_phase(r) for r in _list_runs(cluster))),
+        describe=unfinished,
     )
     assert operator.alive, operator.log()[-3000:]
     items = _list_runs(cluster)
