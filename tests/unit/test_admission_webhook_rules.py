@@ -71,9 +71,16 @@ def test_a_recorded_decision_sent_again_without_its_name_gets_it_back() -> None:
     stamped = stamp_decisions(new, old, "alice")
     assert stamped is not None
     assert [d["decidedBy"] for d in stamped] == ["bob", "alice"]
-    # A changed entry is not repaired: the schema's append-only rule refuses it.
+    # A changed entry is not repaired into the recorded one: it is a new entry, stamped with
+    # its writer, and the recorded one is missing, which the schema's append-only rule refuses.
     changed = spec(decision(by=None, requestId="other"))
-    assert "decidedBy" not in (stamp_decisions(changed, old, "alice") or [{}])[0]
+    assert (stamp_decisions(changed, old, "alice") or [{}])[0]["decidedBy"] == "alice"
+    # Wherever the recorded entry sits, it gets its name back.
+    moved = spec(decision(by=None, requestId="r2"), decision(by=None, requestId="r1"))
+    assert [d["decidedBy"] for d in stamp_decisions(moved, old, "alice") or []] == [
+        "alice",
+        "bob",
+    ]
 
 
 def test_a_decided_by_that_is_not_the_user_is_refused() -> None:
