@@ -1,0 +1,528 @@
+"""Automations that run themselves (contract §9) against the real control plane.
+
+Every expectation is predicted from due times, which ``@every <n>s`` puts at whole
+multiples of n seconds since the Unix epoch, and from the runs' own history (creation,
+finishedAt), never from how long something happened to take. The operator, the test and
+the API server share one clock (one machine).
+
+The control plane has no kube-controller-manager: ownerReference garbage collection never
+runs, so everything deleted here was deleted by the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from support import REPO, Cluster, OperatorProcess, wait_for
+
+LABEL = "automation.tandem.dev/automation"
+SCHEDULED_AT = "automation.tandem.dev/scheduled-at"
+TERMINAL = {"Completed", "Failed", "Blocked", "Cancelled"}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def automation(
+    name: str, *, after: float = 0, outcome: str = "completed", **schedule: Any
+) -> dict[str, Any]:
+    """An Automation with one simulated node and ``schedule``."""
+    return {
+        "apiVersion": "automation.tandem.dev/v1alpha1",
+        "kind": "Automation",
+        "metadata": {"name": name},
+        "spec": {
+            "creatorId": "tester",
+            "agents": [{"agentId": "agent"}],
+            "nodes": [
+                {
+                    "id": "work",
+                    "agentId": "agent",
+                    "executor": {"simulate": {"outcome": outcome, "afterSeconds": after}},
+                }
+            ],
+            "schedule": schedule,
+        },
+    }
+
+
+def ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def stamp(due_ms: int) -> str:
+    return datetime.fromtimestamp(due_ms // 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def runs_of(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl("get", "automationruns", "-l", f"{LABEL}={name}", "-o", "json")
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return sorted(items, key=lambda r: due(r))
+
+
+def due(run: dict[str, Any]) -> int:
+    return ms(run["metadata"]["annotations"][SCHEDULED_AT])
+
+
+def phase(run: dict[str, Any]) -> str | None:
+    value = (run.get("status") or {}).get("phase")
+    return str(value) if value else None
+
+
+def wait_runs(cluster: Cluster, name: str, count: int, *, timeout: float = 60) -> list[Any]:
+    found: list[Any] = wait_for(
+        lambda: len(r := runs_of(cluster, name)) >= count and r,
+        timeout=timeout,
+        what=f"{count} runs of {name}",
+        describe=lambda: str([r["metadata"]["name"] for r in runs_of(cluster, name)]),
+    )
+    return found
+
+
+def sleep_until(at_ms: int) -> None:
+    delay = (at_ms - now_ms()) / 1000
+    if delay > 0:
+        time.sleep(delay)
+
+
+def next_multiple(period_s: int, *, after_ms: int) -> int:
+    step = period_s * 1000
+    return (after_ms // step + 1) * step
+
+
+def schedule_events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(name) if e.get("reason") == reason]
+
+
+def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = cluster.get("automation", name).get("status") or {}
+    return status
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status.get("conditions") or [] if c["type"] == kind)
+    return found
+
+
+def assert_one_run_per_due_time(runs: list[dict[str, Any]], *, period_s: int) -> None:
+    """Runs named from their due times, one per due time, and no due time left out."""
+    dues = [due(r) for r in runs]
+    assert len(set(dues)) == len(dues), dues
+    for run in runs:
+        assert run["metadata"]["name"].endswith("-" + stamp(due(run)))
+        assert due(run) % (period_s * 1000) == 0
+    assert dues == list(range(dues[0], dues[-1] + 1, period_s * 1000)), dues
+
+
+# ------------------------------------------------------------------------------ B19a, B19b
+
+
+def test_every_10s_creates_runs_with_the_contracts_labels_owner_and_names(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(
+        automation(
+            "tick",
+            cron="@every 10s",
+            concurrencyPolicy="Allow",
+            runTemplate={
+                "labels": {"team": "reports"},
+                "annotations": {"note": "nightly numbers"},
+                "runtimeContext": {"region": "eu"},
+            },
+        )
+    )
+    uid = cluster.get("automation", "tick")["metadata"]["uid"]
+    runs = wait_runs(cluster, "tick", 2, timeout=45)
+    assert_one_run_per_due_time(runs, period_s=10)
+    for run in runs:
+        meta, spec = run["metadata"], run["spec"]
+        assert meta["name"] == f"tick-{stamp(due(run))}"
+        assert meta["labels"] == {LABEL: "tick", "team": "reports"}
+        assert meta["annotations"]["note"] == "nightly numbers"
+        (owner,) = meta["ownerReferences"]
+        assert owner["kind"] == "Automation"
+        assert owner["name"] == "tick"
+        assert owner["uid"] == uid
+        assert owner["controller"] is True
+        assert spec["automationRef"] == {"name": "tick"}
+        assert spec["triggerType"] == "scheduled"
+        assert spec["runtimeContext"] == {"region": "eu"}
+        # Created at (not before) its due time.
+        assert ms(meta["creationTimestamp"]) // 1000 >= due(run) // 1000
+    first = runs[0]["metadata"]["name"]
+    cluster.wait_phase(first, "Completed", timeout=30)
+
+    def settled() -> dict[str, Any] | None:
+        status = status_of(cluster, "tick")
+        latest = runs_of(cluster, "tick")[-1]
+        if status.get("lastRunName") != latest["metadata"]["name"]:
+            return None
+        return status
+
+    status = wait_for(settled, timeout=20, what="the Automation's status")
+    latest = runs_of(cluster, "tick")[-1]
+    assert ms(status["lastScheduleTime"]) == due(latest)
+    assert ms(status["nextScheduleTime"]) == due(latest) + 10_000
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Stalled")["status"] == "False"
+
+
+def test_an_invalid_schedule_is_stalled_with_a_warning_and_the_operator_keeps_going(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operator = operators()
+    cluster.apply(automation("broken", cron="61 * * * *"), automation("fine", cron="@every 2s"))
+    status = wait_for(
+        lambda: (s := status_of(cluster, "broken")).get("conditions") and s,
+        timeout=30,
+        what="a status on the broken Automation",
+    )
+    stalled = condition(status, "Stalled")
+    assert stalled["status"] == "True"
+    assert stalled["reason"] == "InvalidSchedule"
+    assert "spec.schedule.cron" in stalled["message"]
+    assert condition(status, "Ready")["status"] == "False"
+    assert "nextScheduleTime" not in status
+    warnings = wait_for(
+        lambda: schedule_events(cluster, "broken", "InvalidSchedule"),
+        timeout=20,
+        what="the InvalidSchedule Event",
+    )
+    assert warnings[0]["type"] == "Warning"
+    wait_runs(cluster, "fine", 1, timeout=20)
+    assert operator.alive
+    assert runs_of(cluster, "broken") == []
+    assert len(schedule_events(cluster, "broken", "InvalidSchedule")) == 1
+
+
+# ------------------------------------------------------------------------------ failover
+
+
+def test_leader_killed_mid_cycle_never_gives_two_runs_for_one_due_time(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    first = operators()
+    wait_for(
+        lambda: "Leadership changed" in first.log() and "leader=True" in first.log(),
+        timeout=30,
+        what="the first operator to lead",
+    )
+    standby = operators()
+    cluster.apply(automation("ha", cron="@every 10s", concurrencyPolicy="Allow"))
+    runs = wait_runs(cluster, "ha", 1, timeout=30)
+    # Kill the leader right after the next due time fired: its create and status write
+    # are under way (the wake-up fires 50 ms after the due time).
+    kill_at = next_multiple(10, after_ms=max(now_ms(), due(runs[-1])) + 1000) + 60
+    sleep_until(kill_at)
+    os.kill(first.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    first.proc.wait()  # type: ignore[union-attr]
+    # The standby takes over once the Lease runs out (4 s), before the next due time.
+    wait_for(lambda: "leader=True" in standby.log(), timeout=30, what="the standby to take over")
+    killed_due = kill_at - 60
+    wait_for(
+        lambda: runs_of(cluster, "ha") and due(runs_of(cluster, "ha")[-1]) >= killed_due + 20_000,
+        timeout=45,
+        what="two due times after the kill",
+    )
+    runs = runs_of(cluster, "ha")
+    assert_one_run_per_due_time(runs, period_s=10)
+    assert killed_due in [due(r) for r in runs]
+    # No Event of a missed time: the due time of the kill was caught by one of the two.
+    assert schedule_events(cluster, "ha", "ScheduleMissed") == []
+
+
+# ------------------------------------------------------------------------------ B19c
+
+
+def test_forbid_never_has_two_unfinished_runs(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    # Each run takes 12 s; due every 5 s: the two due times during a run are skipped.
+    cluster.apply(automation("serial", after=12, cron="@every 5s", concurrencyPolicy="Forbid"))
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        active = [r for r in runs_of(cluster, "serial") if phase(r) not in TERMINAL]
+        assert len(active) <= 1, [r["metadata"]["name"] for r in active]
+        time.sleep(0.5)
+    runs = wait_for(
+        lambda: len(r := runs_of(cluster, "serial")) >= 2 and phase(r[0]) in TERMINAL and r,
+        timeout=30,
+        what="two runs, the first finished",
+    )
+    # From the runs' own history: each run starts at the first due time after the one
+    # before it finished; the due times in between were skipped, one Event each.
+    skipped = 0
+    for before, after in zip(runs, runs[1:], strict=False):
+        finished = ms(before["status"]["finishedAt"])
+        assert ms(after["metadata"]["creationTimestamp"]) // 1000 >= finished // 1000
+        assert due(after) == next_multiple(5, after_ms=finished), (before, after)
+        skipped += (due(after) - due(before)) // 5000 - 1
+    assert skipped >= 2
+    events = wait_for(
+        lambda: len(e := schedule_events(cluster, "serial", "ScheduleSkipped")) >= skipped and e,
+        timeout=20,
+        what=f"{skipped} ScheduleSkipped Events",
+    )
+    assert all("concurrencyPolicy Forbid" in e["message"] for e in events)
+
+
+def test_replace_cancels_the_older_run(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(automation("fresh", after=60, cron="@every 5s", concurrencyPolicy="Replace"))
+    runs = wait_runs(cluster, "fresh", 2, timeout=30)
+    older, newer = runs[0]["metadata"]["name"], runs[1]["metadata"]["name"]
+    status = cluster.wait_phase(older, "Cancelled", timeout=20)
+    assert status["stopKind"] == "OperatorStopped"
+    assert cluster.run(older)["spec"]["desiredState"] == "Cancelled"
+    assert cluster.run(newer)["spec"].get("desiredState", "Running") == "Running"
+    assert phase(cluster.run(newer)) not in TERMINAL
+    replaced = wait_for(
+        lambda: schedule_events(cluster, "fresh", "ScheduleReplaced"),
+        timeout=20,
+        what="the ScheduleReplaced Event",
+    )
+    assert older in replaced[0]["message"]
+
+
+# ------------------------------------------------------------------------------ suspend, B19d
+
+
+def test_suspend_creates_nothing_and_does_not_catch_up(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(automation("paused", cron="@every 2s", suspend=True))
+    status = wait_for(
+        lambda: (s := status_of(cluster, "paused")).get("conditions") and s,
+        timeout=30,
+        what="the suspended Automation's status",
+    )
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Suspended")
+    time.sleep(7)  # three due times or more pass while suspended
+    assert runs_of(cluster, "paused") == []
+    resumed_at = now_ms()
+    cluster.kubectl(
+        "patch",
+        "automation",
+        "paused",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"schedule": {"suspend": False}}}),
+    )
+    runs = wait_runs(cluster, "paused", 1, timeout=20)
+    # The first run is for a due time after the unsuspend: nothing missed was caught up.
+    assert due(runs[0]) > resumed_at - 2000
+    assert due(runs[0]) >= next_multiple(2, after_ms=resumed_at - 2000)
+    assert schedule_events(cluster, "paused", "ScheduleMissed") == []
+
+
+def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operator = operators()
+    cluster.apply(
+        automation("catchup", cron="@every 10s", concurrencyPolicy="Allow"),
+        automation(
+            "strict", cron="@every 10s", concurrencyPolicy="Allow", startingDeadlineSeconds=3
+        ),
+    )
+    for name in ("catchup", "strict"):
+        wait_runs(cluster, name, 1, timeout=30)
+    # Stop 3 s after a due time, so that the runs of that due time exist.
+    stop_at = next_multiple(10, after_ms=now_ms()) + 3000
+    sleep_until(stop_at)
+    assert operator.stop() == 0
+    stopped = now_ms()
+    before = {n: {due(r) for r in runs_of(cluster, n)} for n in ("catchup", "strict")}
+    # Down for 35 s or more, and started 6 s after a due time: the latest missed due time
+    # is 6 s old when the operator is back, past strict's 3 s deadline.
+    restart_at = next_multiple(10, after_ms=stopped + 35_000 - 6000) + 6000
+    sleep_until(restart_at)
+    missed = list(range(next_multiple(10, after_ms=stopped), restart_at, 10_000))
+    assert len(missed) >= 3
+    latest = missed[-1]
+    operators()
+    wait_for(
+        lambda: (
+            schedule_events(cluster, "strict", "ScheduleMissed")
+            and schedule_events(cluster, "catchup", "ScheduleMissed")
+        ),
+        timeout=30,
+        what="ScheduleMissed Events of both Automations",
+    )
+    caught = [
+        d for d in (due(r) for r in runs_of(cluster, "catchup")) if d not in before["catchup"]
+    ]
+    caught_missed = [d for d in caught if d in missed]
+    assert caught_missed == [latest], (caught, missed)
+    strict_new = [d for d in (due(r) for r in runs_of(cluster, "strict")) if d in missed]
+    assert strict_new == []
+    (event,) = schedule_events(cluster, "catchup", "ScheduleMissed")
+    assert f"skipped {len(missed) - 1} missed schedule" in event["message"]
+    (event,) = schedule_events(cluster, "strict", "ScheduleMissed")
+    assert f"skipped {len(missed)} missed schedule" in event["message"]
+    assert "startingDeadlineSeconds is 3" in event["message"]
+
+
+# ------------------------------------------------------------------------------ B20a, B20b
+
+
+def test_history_limits_keep_the_newest_finished_runs(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(
+        automation("good", cron="@every 2s", successfulRunsHistoryLimit=2),
+        automation("bad", outcome="failed", cron="@every 2s", failedRunsHistoryLimit=1),
+    )
+    seen: dict[str, set[str]] = {"good": set(), "bad": set()}
+
+    def enough() -> bool:
+        for name in seen:
+            status = status_of(cluster, name)
+            if status.get("lastRunName"):
+                seen[name].add(status["lastRunName"])
+        return all(len(v) >= 5 for v in seen.values())
+
+    wait_for(enough, timeout=60, interval=0.5, what="five runs of each Automation")
+
+    def settled(name: str, limit: int, kept_phase: str) -> list[dict[str, Any]] | None:
+        runs = runs_of(cluster, name)
+        finished = [r for r in runs if phase(r) in TERMINAL]
+        if len(finished) != limit or any(phase(r) != kept_phase for r in finished):
+            return None
+        # The kept ones are the newest finished ones: no unfinished run is older.
+        newest = sorted(finished, key=lambda r: ms(r["status"]["finishedAt"]))
+        return newest if all(due(r) > due(newest[-1]) for r in runs if r not in finished) else None
+
+    assert wait_for(lambda: settled("good", 2, "Completed"), timeout=20, what="good's history")
+    assert wait_for(lambda: settled("bad", 1, "Failed"), timeout=20, what="bad's history")
+    for name, limit in (("good", 2), ("bad", 1)):
+        assert len([r for r in runs_of(cluster, name) if phase(r) in TERMINAL]) <= limit
+
+
+def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operator = operators()
+
+    def run(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "automation.tandem.dev/v1alpha1",
+            "kind": "AutomationRun",
+            "metadata": {"name": name},
+            "spec": {
+                "ttlSecondsAfterFinished": 5,
+                "automation": {
+                    "agents": [{"agentId": "agent"}],
+                    "nodes": [
+                        {"id": "n", "agentId": "agent", "executor": {"simulate": {}}},
+                    ],
+                },
+            },
+        }
+
+    def deleted_at(name: str, *, timeout: float) -> int:
+        wait_for(
+            lambda: not cluster.kubectl("get", "automationrun", name, "--ignore-not-found"),
+            timeout=timeout,
+            interval=0.1,
+            what=f"{name} to be deleted",
+        )
+        return now_ms()
+
+    # With the operator running: deleted about 5 s after finishedAt.
+    cluster.apply(run("steady"))
+    finished = ms(cluster.wait_phase("steady", "Completed", timeout=30)["finishedAt"])
+    gone = deleted_at("steady", timeout=20)
+    assert 5000 <= gone - finished < 7000, gone - finished
+
+    # Across a restart: the countdown is neither reset nor forgotten.
+    cluster.apply(run("restarted"))
+    finished = ms(cluster.wait_phase("restarted", "Completed", timeout=30)["finishedAt"])
+    assert operator.stop() == 0
+    restart_at = finished + 7000  # the time to live runs out while the operator is down
+    sleep_until(restart_at)
+    assert cluster.kubectl("get", "automationrun", "restarted", "--ignore-not-found")
+    operators()
+    gone = deleted_at("restarted", timeout=20)
+    # A countdown started again at the restart would delete at restart + 5 s or later.
+    assert gone < restart_at + 5000, gone - restart_at
+
+
+# ------------------------------------------------------------------------------ surface
+
+
+def test_kubectl_explain_describes_every_schedule_field(cluster: Cluster) -> None:
+    text = cluster.kube.kubectl("explain", "automation.spec.schedule").stdout
+    fields = [
+        "cron",
+        "timeZone",
+        "concurrencyPolicy",
+        "startingDeadlineSeconds",
+        "suspend",
+        "successfulRunsHistoryLimit",
+        "failedRunsHistoryLimit",
+        "runTemplate",
+    ]
+    for field in fields:
+        assert f"\n  {field}\t" in text, field
+        detail = cluster.kube.kubectl("explain", f"automation.spec.schedule.{field}").stdout
+        description = detail.split("DESCRIPTION:", 1)[1].strip()
+        assert len(description) > 20, (field, description)
+    explained = cluster.kube.kubectl("explain", "automationrun.spec.ttlSecondsAfterFinished")
+    assert "finishedAt" in explained.stdout
+
+
+def test_kubectl_automationrun_start_runs_an_automation_now(
+    cluster: Cluster, operators: Callable[..., OperatorProcess]
+) -> None:
+    operators()
+    cluster.apply(
+        automation(
+            "ondemand",
+            cron="0 0 1 1 *",
+            runTemplate={"labels": {"team": "reports"}, "runtimeContext": {"k": "v"}},
+        )
+    )
+    uid = cluster.get("automation", "ondemand")["metadata"]["uid"]
+    env = {**os.environ, "KUBECONFIG": str(cluster.kube.kubeconfig)}
+    env["PYTHONPATH"] = str(REPO / "operator")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tandem_operator.cli.plugin", "start", "ondemand"]
+        + ["--name", "ondemand-now", "-n", cluster.namespace],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "automationrun/ondemand-now created from automation/ondemand" in proc.stdout
+    run = cluster.run("ondemand-now")
+    assert run["spec"]["triggerType"] == "manual"
+    assert run["spec"]["automationRef"] == {"name": "ondemand"}
+    assert run["spec"]["runtimeContext"] == {"k": "v"}
+    assert run["metadata"]["labels"] == {LABEL: "ondemand", "team": "reports"}
+    assert run["metadata"]["ownerReferences"][0]["uid"] == uid
+    cluster.wait_phase("ondemand-now", "Completed", timeout=30)
+    # It is one of the Automation's runs now, in its status until it finished.
+    assert SCHEDULED_AT not in (run["metadata"].get("annotations") or {})
