@@ -121,6 +121,16 @@ def test_gate_opens_and_approve_completes(
     # Approved with capacity free: re-admitted in the same decision, no queueReason shown.
     approved = next(r for r in lifecycle(status) if r["event"] == "run_gate_approved")
     assert recorded(status, "run_started")[-1]["recordedAt"] == approved["recordedAt"]
+    # Every transition's Event comes from the operator itself (`kubectl describe`'s From).
+    events = wait_for(
+        lambda: (found := cluster.events("approve"))
+        and {e["reason"] for e in found} >= {"RunGateApproved", "RunCompleted"}
+        and found,
+        timeout=15,
+        what="the transitions' Events",
+    )
+    assert {e["source"].get("component") for e in events} == {"tandem-operator"}
+    assert {e.get("reportingComponent") for e in events} == {"tandem-operator"}
 
 
 def test_rework_resets_upstream_and_reopens_the_gate(

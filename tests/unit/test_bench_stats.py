@@ -232,7 +232,9 @@ def results(**overrides: Any) -> dict[str, Any]:
             "writes_per_run": 4.0,
             "transitions_per_run": 3.0,
             "runs_per_minute": 1200.0,
+            "cpu_seconds": {"operator": 30.0, "kube-apiserver": 100.0},
         },
+        "baseline": {"patch": {"writes_per_s": 100.0}},
     }
     doc.update(overrides)
     return doc
@@ -248,7 +250,11 @@ def test_goal_bounds_are_inclusive() -> None:
 
 def test_evaluate_goals_reads_every_measurement() -> None:
     goals = {g.name: g for g in evaluate_goals(results())}
-    assert len(goals) == 8
+    assert len(goals) == 10
+    cpu = goals["operator CPU per run / kube-apiserver CPU per run (throughput)"]
+    assert (cpu.measured, cpu.met) == (0.3, True)
+    share = goals["throughput in status writes / raw PATCH writes"]
+    assert (share.measured, share.met) == (0.8, True)  # 20 runs/s × 4 writes ÷ 100 writes/s
     assert goals["restart recovery throughput / raw PATCH throughput"].met is True
     assert goals["status writes per recovered run"].met is True
     assert goals["create → first status p99 / raw round trip p99"].met is True

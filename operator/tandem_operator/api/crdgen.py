@@ -271,7 +271,6 @@ _API_VERSION = (
     f"{GROUP}/{VERSION} for every kind of this API."
 )
 _KIND = "Kind is a string value representing the REST resource this object represents."
-_METADATA = "Standard object metadata: name, namespace, labels, annotations, owners."
 
 
 def crd(kind: Kind) -> dict[str, Any]:
@@ -289,7 +288,9 @@ def crd(kind: Kind) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": _API_VERSION},
             "kind": {"type": "string", "description": _KIND},
-            "metadata": {"type": "object", "description": _METADATA},
+            # The API server refuses anything but `type` here; kubectl explains metadata
+            # from ObjectMeta's own schema.
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

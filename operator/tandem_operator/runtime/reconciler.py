@@ -37,7 +37,7 @@ from tandem_operator.execution.registry import ExecutorRegistry, Target
 from tandem_operator.execution.runner import AttemptRunner
 from tandem_operator.execution.types import AttemptRequest
 from tandem_operator.lifecycle.clock import format_ms
-from tandem_operator.lifecycle.contract import Decision, Event, Observation
+from tandem_operator.lifecycle.contract import Decision, Event, Observation, StartAttempt
 from tandem_operator.lifecycle.engine import decide
 from tandem_operator.lifecycle.invariants import apply_conditions
 from tandem_operator.lifecycle.validation import flow_error, status_problems
@@ -311,11 +311,8 @@ class Reconciler:
         if decision.cancel:
             self.runner.cancel(key, decision.cancel)
         if decision.start and definition is not None:
-            nodes = {n.id: n for n in definition.nodes}
             for start in decision.start:
-                node = nodes.get(start.node_id)
-                if node is not None:
-                    await self._start_attempt(key, body, decision, spec, definition, start)
+                await self._start_attempt(key, body, decision, spec, definition, start)
         if decision.records and not holds_workspace(decision.status.phase):
             # A transition out of Running/Pausing frees a slot and maybe a workspace.
             self.kick_admission()
@@ -355,10 +352,11 @@ class Reconciler:
         decision: Decision,
         spec: AutomationRunSpec,
         definition: AutomationSpec,
-        start: Any,
+        start: StartAttempt,
     ) -> None:
         target = _target(key, definition, start.node_id)
-        assert target is not None
+        if target is None:
+            return  # decide starts only nodes of the flow
         node, agent = target.node, target.agent
         cp = decision.status.checkpoint
         request = AttemptRequest(
