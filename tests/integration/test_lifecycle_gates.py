@@ -123,9 +123,11 @@ def test_gate_opens_and_approve_completes(
     assert recorded(status, "run_started")[-1]["recordedAt"] == approved["recordedAt"]
     # Every transition's Event comes from the operator itself (`kubectl describe`'s From).
     events = wait_for(
-        lambda: (found := cluster.events("approve"))
-        and {e["reason"] for e in found} >= {"RunGateApproved", "RunCompleted"}
-        and found,
+        lambda: (
+            (found := cluster.events("approve"))
+            and {e["reason"] for e in found} >= {"RunGateApproved", "RunCompleted"}
+            and found
+        ),
         timeout=15,
         what="the transitions' Events",
     )

@@ -11,6 +11,7 @@ runs, so everything deleted here was deleted by the operator.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -267,7 +268,7 @@ def test_forbid_never_has_two_unfinished_runs(
     # From the runs' own history: each run starts at the first due time after the one
     # before it finished; the due times in between were skipped, one Event each.
     skipped = 0
-    for before, after in zip(runs, runs[1:], strict=False):
+    for before, after in itertools.pairwise(runs):
         finished = ms(before["status"]["finishedAt"])
         assert ms(after["metadata"]["creationTimestamp"]) // 1000 >= finished // 1000
         assert due(after) == next_multiple(5, after_ms=finished), (before, after)
@@ -507,8 +508,17 @@ def test_kubectl_automationrun_start_runs_an_automation_now(
     env = {**os.environ, "KUBECONFIG": str(cluster.kube.kubeconfig)}
     env["PYTHONPATH"] = str(REPO / "operator")
     proc = subprocess.run(
-        [sys.executable, "-m", "tandem_operator.cli.plugin", "start", "ondemand"]
-        + ["--name", "ondemand-now", "-n", cluster.namespace],
+        [
+            sys.executable,
+            "-m",
+            "tandem_operator.cli.plugin",
+            "start",
+            "ondemand",
+            "--name",
+            "ondemand-now",
+            "-n",
+            cluster.namespace,
+        ],
         capture_output=True,
         text=True,
         env=env,
