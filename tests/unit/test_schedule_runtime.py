@@ -23,6 +23,7 @@ from tandem_operator.runtime.kubeapi import Conflict, Gone, merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.schedules import Schedules
 from tandem_operator.runtime.store import Store
+from tandem_operator.runtime.workqueue import WorkQueue
 
 T0 = 1_800_000_000_000  # a multiple of 10 s
 NS = "team-a"
@@ -377,3 +378,28 @@ def test_a_late_answer_does_not_bring_a_deleted_run_back() -> None:
 
 def test_merge_patch_of_an_unchanged_status_is_empty() -> None:
     assert not merge_patch({"a": 1}, {"a": 1})
+
+
+@run_async
+async def test_the_work_queue_keeps_nothing_for_keys_that_are_gone() -> None:
+    alive = {(NS, "kept")}
+    seen: list[tuple[str, str]] = []
+
+    async def handler(key: tuple[str, str], kicked_at: float) -> None:
+        async with queue.lock(key):
+            seen.append(key)
+
+    queue = WorkQueue(handler, clock=FakeClock())
+    queue.alive = lambda key: key in alive
+    gone: list[tuple[str, str]] = []
+    queue.gone = gone.append
+    queue.wake_at((NS, "kept"), T0)  # in the past: fires at once
+    queue.kick((NS, "deleted"))  # e.g. an attempt of a deleted run reporting late
+    await asyncio.sleep(0.2)
+    assert sorted(seen) == [(NS, "deleted"), (NS, "kept")]
+    assert gone == [(NS, "deleted")]
+    # The fired wake-up left the queue; only the live key's lock remains.
+    assert len(queue) == 1
+    alive.clear()
+    queue.forget((NS, "kept"))
+    assert len(queue) == 0
