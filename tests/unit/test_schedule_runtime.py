@@ -140,14 +140,10 @@ class World:
     def sync(self) -> None:
         """What the watch would deliver: every object of the fake API, deletions too."""
         for (plural, _name), body in list(self.api.objects.items()):
-            kind = "runs" if plural == "automationruns" else "automations"
-            before = self.store.runs.get((NS, _name)) if kind == "runs" else None
-            if self.store.observe(kind, body) and kind == "runs":
-                self.schedules.run_changed(before, self.store.runs[(NS, _name)])
+            self.store.observe("runs" if plural == "automationruns" else "automations", body)
         for key, run in list(self.store.runs.items()):
             if ("automationruns", key[1]) not in self.api.objects:
                 self.store.observe("runs", run.reference(), deleted=True)
-                self.schedules.run_changed(run, None)
 
     def counter(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(f"tandem_automation_{name}", labels)
@@ -169,6 +165,7 @@ def world(*, ttl: int | None = None) -> World:
         metrics=metrics,
         active=lambda: True,
     )
+    store.on_run_change = schedules.run_changed
     return World(api, store, clock, events, schedules, metrics)
 
 

@@ -99,19 +99,20 @@ class Controller:
             metrics=self.reconciler.metrics,
             active=lambda: self.leadership.is_leader and self.reconciler.primed,
         )
+        # Every change of a run reaches the schedules, also the ones the reconciler's own
+        # writes bring (their watch events are echoes the store drops).
+        self.store.on_run_change = self.schedules.run_changed
         self._background: set[asyncio.Task[None]] = set()
 
     # -- watch events (from kopf) ----------------------------------------------------------
 
     def run_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
-        before = self.store.runs.get(object_key(body))
         if not self.store.observe("runs", body, deleted=deleted):
             return
         if deleted:
             self.reconciler.forget(object_key(body))
         else:
             self.reconciler.kick(object_key(body))
-        self.schedules.run_changed(before, self.store.runs.get(object_key(body)))
 
     def automation_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
         if self.store.observe("automations", body, deleted=deleted):

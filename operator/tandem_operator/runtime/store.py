@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,11 @@ def _automation_owner(meta: Mapping[str, Any]) -> tuple[str, str] | None:
 TOMBSTONES = 4096
 """Deleted runs remembered, so a late answer about one does not bring it back."""
 
+
+def _ignore(before: CachedRun | None, after: CachedRun | None) -> None:
+    return None
+
+
 KINDS = ("automations", "endpoints", "overrides", "runs")
 """The store's kinds, by the name the runtime uses for each."""
 
@@ -192,6 +197,10 @@ class Store:
         """Runs by the uid of the Automation that controls them (ownerReference)."""
         self._tombstones: OrderedDict[RunKey, int] = OrderedDict()
         """resourceVersion at deletion of recently deleted runs (at most ``TOMBSTONES``)."""
+        self.on_run_change: Callable[[CachedRun | None, CachedRun | None], None] = _ignore
+        """Called with (before, after) whenever the stored run changes, whoever brought the
+        new version (a watch event, a listing, the answer to the operator's own write);
+        ``after`` is ``None`` for a deletion."""
 
     def referenced(self, namespace: str, name: str) -> FlowFacts:
         spec = (self.automations.get((namespace, name)) or {}).get("spec")
@@ -229,6 +238,8 @@ class Store:
             self._tombstones[key] = last
             while len(self._tombstones) > TOMBSTONES:
                 self._tombstones.popitem(last=False)
+            if gone is not None:
+                self.on_run_change(gone, None)
             return gone is not None
         current = self.runs.get(key)
         if current is not None and version <= current.resource_version:
@@ -244,6 +255,7 @@ class Store:
         if run.owner is not None:
             self.owned.setdefault(run.owner[1], set()).add(key)
         self.admission.update(key, phase=run.phase, waiting=run.waiting())
+        self.on_run_change(current, run)
         return True
 
     def _unindex(self, run: CachedRun) -> None:
