@@ -56,6 +56,18 @@ def automation(
     }
 
 
+def lead(operator: OperatorProcess) -> OperatorProcess:
+    """Wait until ``operator`` leads (on a busy shared machine a start can take long)."""
+    wait_for(
+        lambda: "leader=True" in operator.log(),
+        timeout=180,
+        interval=0.1,
+        what="the operator to lead",
+        describe=lambda: operator.log()[-500:],
+    )
+    return operator
+
+
 def ms(timestamp: str) -> int:
     return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
 
@@ -144,7 +156,7 @@ def assert_one_run_per_due_time(runs: list[dict[str, Any]], *, period_s: int) ->
 def test_every_10s_creates_runs_with_the_contracts_labels_owner_and_names(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     cluster.apply(
         automation(
             "tick",
@@ -196,7 +208,7 @@ def test_every_10s_creates_runs_with_the_contracts_labels_owner_and_names(
 def test_an_invalid_schedule_is_stalled_with_a_warning_and_the_operator_keeps_going(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operator = operators()
+    operator = lead(operators())
     cluster.apply(automation("broken", cron="61 * * * *"), automation("fine", cron="@every 2s"))
     status = wait_for(
         lambda: (s := status_of(cluster, "broken")).get("conditions") and s,
@@ -227,13 +239,13 @@ def test_an_invalid_schedule_is_stalled_with_a_warning_and_the_operator_keeps_go
 def test_leader_killed_mid_cycle_never_gives_two_runs_for_one_due_time(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    first = operators()
-    wait_for(
-        lambda: "Leadership changed" in first.log() and "leader=True" in first.log(),
-        timeout=30,
-        what="the first operator to lead",
-    )
+    first = lead(operators())
     standby = operators()
+    wait_for(
+        lambda: "Operator started" in standby.log(),
+        timeout=180,
+        what="the standby to start",
+    )
     cluster.apply(automation("ha", cron="@every 10s", concurrencyPolicy="Allow"))
     runs = wait_runs(cluster, "ha", 1, timeout=30)
     # Kill the leader right after the next due time fired: its create and status write
@@ -269,7 +281,7 @@ def test_leader_killed_mid_cycle_never_gives_two_runs_for_one_due_time(
 def test_forbid_never_has_two_unfinished_runs(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     # Each run takes 12 s; due every 5 s: the two due times during a run are skipped.
     cluster.apply(automation("serial", after=12, cron="@every 5s", concurrencyPolicy="Forbid"))
     deadline = time.monotonic() + 40
@@ -310,7 +322,7 @@ def test_forbid_never_has_two_unfinished_runs(
 def test_replace_cancels_the_older_run(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     cluster.apply(automation("fresh", after=60, cron="@every 5s", concurrencyPolicy="Replace"))
     runs = wait_runs(cluster, "fresh", 2, timeout=30)
     older, newer = runs[0]["metadata"]["name"], runs[1]["metadata"]["name"]
@@ -333,7 +345,7 @@ def test_replace_cancels_the_older_run(
 def test_suspend_creates_nothing_and_does_not_catch_up(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     cluster.apply(automation("paused", cron="@every 2s", suspend=True))
     status = wait_for(
         lambda: (s := status_of(cluster, "paused")).get("conditions") and s,
@@ -364,7 +376,7 @@ def test_suspend_creates_nothing_and_does_not_catch_up(
 def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operator = operators()
+    operator = lead(operators())
     cluster.apply(
         automation("catchup", cron="@every 10s", concurrencyPolicy="Allow"),
         automation(
@@ -385,14 +397,14 @@ def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
     sleep_until(restart_at)
     down = list(range(next_multiple(10, after_ms=stopped), restart_at, 10_000))
     assert len(down) >= 3
-    operators()
+    lead(operators())
     wait_for(
         lambda: (
             schedule_events(cluster, "strict", "ScheduleMissed")
             and schedule_events(cluster, "catchup", "ScheduleMissed")
             and [r for r in runs_of(cluster, "catchup") if due(r) > last_before["catchup"]]
         ),
-        timeout=60,
+        timeout=120,
         what="ScheduleMissed Events of both Automations and catchup's run",
     )
     # catchup: one run, for the latest due time when the operator planned again (the last
@@ -419,7 +431,7 @@ def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
 def test_history_limits_keep_the_newest_finished_runs(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     cluster.apply(
         automation("good", cron="@every 2s", successfulRunsHistoryLimit=2),
         automation("bad", outcome="failed", cron="@every 2s", failedRunsHistoryLimit=1),
@@ -466,7 +478,7 @@ def test_history_limits_keep_the_newest_finished_runs(
 def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operator = operators()
+    operator = lead(operators())
 
     def run(name: str) -> dict[str, Any]:
         return {
@@ -497,7 +509,8 @@ def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
     cluster.apply(run("steady"))
     finished = ms(cluster.wait_phase("steady", "Completed", timeout=30)["finishedAt"])
     gone = deleted_at("steady", timeout=30)
-    assert 5000 <= gone - finished < 9000, gone - finished
+    # Never early; late only by how busy the machine is.
+    assert 5000 <= gone - finished < 12_000, gone - finished
 
     # Across a restart: the countdown is neither reset nor forgotten.
     cluster.apply(run("restarted"))
@@ -505,13 +518,12 @@ def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
     assert operator.stop() == 0
     sleep_until(finished + 7000)  # the time to live runs out while the operator is down
     assert cluster.kubectl("get", "automationrun", "restarted", "--ignore-not-found")
-    again = operators()
-    wait_for(lambda: "leader=True" in again.log(), timeout=60, interval=0.1, what="a leader")
+    lead(operators())
     leads = now_ms()
     gone = deleted_at("restarted", timeout=20)
     # Deleted as soon as the new leader has listed the runs; a countdown started again by
     # the restart would have waited 5 s more.
-    assert gone - leads < 4000, gone - leads
+    assert gone - leads < 4500, gone - leads
 
 
 # ------------------------------------------------------------------------------ surface
@@ -541,7 +553,7 @@ def test_kubectl_explain_describes_every_schedule_field(cluster: Cluster) -> Non
 def test_kubectl_automationrun_start_runs_an_automation_now(
     cluster: Cluster, operators: Callable[..., OperatorProcess]
 ) -> None:
-    operators()
+    lead(operators())
     cluster.apply(
         automation(
             "ondemand",
