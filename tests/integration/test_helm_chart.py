@@ -325,6 +325,12 @@ def test_chart_rbac_runs_schedules_and_deletes_finished_runs(
     label = "automation.tandem.dev/automation=every5"
     try:
         assert operator.env["TANDEM_FINISHED_RUN_TTL_SECONDS"] == "2"
+        wait_for(
+            lambda: "leader=True" in operator.log(),
+            timeout=180,
+            what="the operator to lead",
+            describe=lambda: operator.log()[-500:],
+        )
         node = sim("slow", after=60)
         cluster.apply(
             {
@@ -345,9 +351,9 @@ def test_chart_rbac_runs_schedules_and_deletes_finished_runs(
 
         # Two due times: the first run is created, then cancelled by the second (a spec
         # patch), then deleted 2 s after it finished.
-        first = wait_for(lambda: names(), timeout=30, what="a scheduled run")[0]
-        wait_for(lambda: len(names()) >= 2, timeout=30, what="a second scheduled run")
-        cancelled = cluster.wait_phase(first, "Cancelled", timeout=30)
+        first = wait_for(lambda: names(), timeout=60, what="a scheduled run")[0]
+        wait_for(lambda: len(names()) >= 2, timeout=60, what="a second scheduled run")
+        cancelled = cluster.wait_phase(first, "Cancelled", timeout=60)
         wait_for(lambda: first not in names(), timeout=30, what=f"{first} to be deleted by its TTL")
         assert cancelled["finishedAt"]
         status = kube.kubectl_json("get", "automation", "every5", "-n", namespace)["status"]
