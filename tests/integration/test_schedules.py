@@ -23,9 +23,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from support import REPO, Cluster, OperatorProcess, wait_for
 
 LABEL = "automation.tandem.dev/automation"
+REPEAT = int(os.environ.get("TANDEM_TEST_REPEAT", "1"))
+repeated = pytest.mark.parametrize("attempt", range(REPEAT))
+"""Tests that kill or restart the operator; ``TANDEM_TEST_REPEAT=10`` runs each ten times."""
 SCHEDULED_AT = "automation.tandem.dev/scheduled-at"
 TERMINAL = {"Completed", "Failed", "Blocked", "Cancelled"}
 
@@ -236,8 +240,9 @@ def test_an_invalid_schedule_is_stalled_with_a_warning_and_the_operator_keeps_go
 # ------------------------------------------------------------------------------ failover
 
 
+@repeated
 def test_leader_killed_mid_cycle_never_gives_two_runs_for_one_due_time(
-    cluster: Cluster, operators: Callable[..., OperatorProcess]
+    cluster: Cluster, operators: Callable[..., OperatorProcess], attempt: int
 ) -> None:
     first = lead(operators())
     standby = operators()
@@ -373,8 +378,9 @@ def test_suspend_creates_nothing_and_does_not_catch_up(
     assert schedule_events(cluster, "paused", "ScheduleMissed") == []
 
 
+@repeated
 def test_downtime_catches_up_at_most_one_run_and_none_past_the_deadline(
-    cluster: Cluster, operators: Callable[..., OperatorProcess]
+    cluster: Cluster, operators: Callable[..., OperatorProcess], attempt: int
 ) -> None:
     operator = lead(operators())
     cluster.apply(
@@ -475,8 +481,9 @@ def test_history_limits_keep_the_newest_finished_runs(
     assert len(seen["good"]) >= 5
 
 
+@repeated
 def test_ttl_deletes_five_seconds_after_finishing_across_a_restart(
-    cluster: Cluster, operators: Callable[..., OperatorProcess]
+    cluster: Cluster, operators: Callable[..., OperatorProcess], attempt: int
 ) -> None:
     operator = lead(operators())
 
