@@ -58,7 +58,7 @@ def batch(cluster: Cluster, prefix: str, count: int) -> None:
         cluster.kubectl("create", "-f", "-", input=json.dumps(chunk))
     wait_for(
         lambda: remaining(cluster) == 0,
-        timeout=60 + count * 0.5,
+        timeout=120 + count * 1.5,
         interval=2,
         what=f"the {prefix} runs to be deleted by their TTL",
         describe=lambda: f"{remaining(cluster)} left",
