@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def main() -> int:
     plane.start()
     try:
         install_crds(plane.kubeconfig)
+        time.sleep(5)  # new CRDs answer 429 while their storage initialises
 
         async def go() -> dict[str, Any]:
             async with Kube(plane.kubeconfig) as kube:
