@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import workload
-from bench.kube import Kube, RunWatcher, bounded
+from bench.kube import ApiError, Kube, RunWatcher, bounded
 from bench.procs import CpuMeter, OperatorProcess, Profiler, proc_cpu_seconds, proc_rss_kib
 from bench.stats import (
     counter_delta,
@@ -666,7 +666,14 @@ async def churn(bench: Bench, scale: Scale) -> dict[str, Any]:
     ns = await bench.namespace("churn")
     watcher = RunWatcher(bench.kube, ns)
     watcher.keep_objects = False
-    await watcher.start()
+    for _ in range(60):
+        try:
+            await watcher.start()
+            break
+        except ApiError as exc:  # 429 while a new CRD's storage initialises
+            if exc.status != 429:
+                raise
+            await asyncio.sleep(1)
     op = bench.operator(ns, TANDEM_SCHEDULER_MAX_CONCURRENT_RUNS="50")
     op.start()
     seen: set[str] = set()
