@@ -167,6 +167,7 @@ async def _measure(
     results["latency"] = lat
     results["at_rest"] = await timed("at_rest", scenarios.at_rest(bench, scale))
     results["throughput"] = await timed("throughput", scenarios.throughput(bench, scale))
+    results["churn"] = await timed("churn", scenarios.churn(bench, scale))
     goals = evaluate_goals(results)
     if profile != "0" and py_spy() is not None:
         missed = {g.name for g in goals if g.met is False}

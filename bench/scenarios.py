@@ -8,7 +8,11 @@
    the operator's answer, interleaved sample for sample with the raw controller's;
 4. ``at_rest``: many runs parked at a gate or paused (statuses as the operator writes
    them, written by hand), then a fresh operator's CPU and memory;
-5. ``throughput``: many three-node simulated runs end to end.
+5. ``throughput``: many three-node simulated runs end to end;
+6. ``churn``: runs created, finished and deleted by their time to live
+   (``ttlSecondsAfterFinished: 1``), in a warm-up batch and then a measured one: the
+   operator's RSS after the measured batch against after the warm-up (memory must not grow
+   with the runs that came and went).
 
 Every scenario returns a JSON-ready dict. API writes are counted by the API server itself
 (``apiserver_request_total`` deltas from ``/metrics``), CPU and memory from ``/proc``; the
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import workload
-from bench.kube import Kube, RunWatcher, bounded
+from bench.kube import ApiError, Kube, RunWatcher, bounded
 from bench.procs import CpuMeter, OperatorProcess, Profiler, proc_cpu_seconds, proc_rss_kib
 from bench.stats import (
     counter_delta,
@@ -57,6 +61,8 @@ class Scale:
     rest_window_seconds: float
     throughput_runs: int
     throughput_max_concurrent: int = 50
+    churn_warmup_runs: int = 300
+    churn_runs: int = 2000
 
 
 SCALES = {
@@ -69,6 +75,8 @@ SCALES = {
         rest_runs=100,
         rest_window_seconds=10,
         throughput_runs=20,
+        churn_warmup_runs=50,
+        churn_runs=100,
     ),
     "quick": Scale(
         name="quick",
@@ -632,4 +640,90 @@ async def throughput(bench: Bench, scale: Scale, *, profile: Path | None = None)
         "cpu_seconds": cpu,
         "operator_cpu_ms_per_run": round(1000 * cpu["operator"] / len(names), 2),
         "series": {"completed_over_time": _series([(t, i + 1) for i, t in enumerate(completions)])},
+    }
+
+
+CHURN_WAVE = 100
+"""Runs created at once in the churn scenario."""
+
+
+def churn_manifest(name: str) -> dict[str, Any]:
+    """A one-node simulated run that is deleted one second after it finishes."""
+    flow = {
+        "creatorId": "bench",
+        "agents": [{"agentId": "agent"}],
+        "nodes": [
+            {"id": "a", "agentId": "agent", "executor": {"simulate": {"outcome": "completed"}}}
+        ],
+    }
+    manifest = workload.run_manifest(name, flow)
+    manifest["spec"]["ttlSecondsAfterFinished"] = 1
+    return manifest
+
+
+async def churn(bench: Bench, scale: Scale) -> dict[str, Any]:
+    """RSS of one operator before and after ``churn_runs`` runs came and went (B20b)."""
+    ns = await bench.namespace("churn")
+    watcher = RunWatcher(bench.kube, ns)
+    watcher.keep_objects = False
+    for _ in range(60):
+        try:
+            await watcher.start()
+            break
+        except ApiError as exc:  # 429 while a new CRD's storage initialises
+            if exc.status != 429:
+                raise
+            await asyncio.sleep(1)
+    op = bench.operator(ns, TANDEM_SCHEDULER_MAX_CONCURRENT_RUNS="50")
+    op.start()
+    seen: set[str] = set()
+
+    async def batch(prefix: str, count: int) -> float:
+        # In waves, each deleted before the next is created: the number of runs alive at
+        # once is the same in the warm-up and the measured batch (the allocator keeps the
+        # arenas of its peak, which would read as growth without being a leak).
+        t0 = time.monotonic()
+        for start in range(0, count, CHURN_WAVE):
+            names = [f"{prefix}-{i:05d}" for i in range(start, min(count, start + CHURN_WAVE))]
+            await bounded(
+                CONCURRENCY,
+                [partial(bench.kube.create_run, ns, churn_manifest(n)) for n in names],
+            )
+            seen.update(names)
+
+            def all_gone(names: list[str] = names) -> bool:
+                return not any(watcher.phases.get(n) is not None for n in names)
+
+            await watcher.wait_counts(all_gone, within=120 + 1.5 * len(names))
+        return time.monotonic() - t0
+
+    async def settled_rss() -> int:
+        await asyncio.sleep(5)  # the last deletions' watch events and Event posts
+        return proc_rss_kib(op.pid)
+
+    try:
+        await asyncio.to_thread(op.wait_leader)
+        idle = proc_rss_kib(op.pid)
+        bench.say(f"Churn: warm-up {scale.churn_warmup_runs} runs ns={ns}")
+        warmup_s = await batch("warm", scale.churn_warmup_runs)
+        before = await settled_rss()
+        bench.say(f"Churn: {scale.churn_runs} runs, RSS before {before} KiB")
+        measured_s = await batch("churn", scale.churn_runs)
+        after = await settled_rss()
+        bench.say(f"Churn: RSS after {after} KiB")
+    finally:
+        op.stop()
+        await watcher.stop()
+    return {
+        "namespace": ns,
+        "warmup_runs": scale.churn_warmup_runs,
+        "runs": scale.churn_runs,
+        "warmup_seconds": round(warmup_s, 1),
+        "seconds": round(measured_s, 1),
+        "runs_per_minute": round(scale.churn_runs / measured_s * 60, 1),
+        "rss_kib_idle": idle,
+        "rss_kib_before": before,
+        "rss_kib_after": after,
+        "rss_growth": round(after / before - 1, 4),
+        "left_behind": sum(1 for n in seen if watcher.phases.get(n) is not None),
     }

@@ -324,19 +324,12 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     refused(kube, operator_kc, "get", "secrets", "--all-namespaces")
     refused(kube, operator_kc, "get", "secret", "anything", "-n", "default")
     assert not can_i(kube, operator_kc, "update", group, "-n", namespace)
-    assert not can_i(kube, operator_kc, "patch", group, "-n", namespace)
-    refused(
-        kube,
-        operator_kc,
-        "-n",
-        namespace,
-        "patch",
-        "automationrun",
-        "gated",
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"desiredState": "Cancelled"}}),
-    )
+    # Schedules create, cancel (spec.desiredState) and delete runs, one by one.
+    for verb in ("create", "patch", "delete"):
+        assert can_i(kube, operator_kc, verb, group, "-n", namespace), verb
+    assert not can_i(kube, operator_kc, "deletecollection", group, "-n", namespace)
+    assert not can_i(kube, operator_kc, "update", "automations.automation.tandem.dev")
+    assert not can_i(kube, operator_kc, "patch", "automations.automation.tandem.dev")
     assert not can_i(kube, operator_kc, "delete", "namespaces")
     refused(kube, operator_kc, "delete", "namespace", namespace, "--wait=false")
     assert not can_i(kube, operator_kc, "list", group, "-n", "default")
@@ -399,6 +392,101 @@ def point_service_here(kube: KubeSession, service: str, namespace: str, *, port:
     }
     docs = [json.dumps(endpoints), json.dumps(endpoint_slice)]
     kube.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
+
+
+def test_chart_rbac_runs_schedules_and_deletes_finished_runs(
+    crds: KubeSession, namespace: str, release: str, tmp_path: Path
+) -> None:
+    """A schedule creates runs, Replace cancels one and the TTL deletes it, under the token.
+
+    ``finishedRunTtlSeconds`` comes from the chart's values, so the setting's way into the
+    Deployment is proven too. Nothing else deletes runs here: the control plane has no
+    garbage collector.
+    """
+    kube = crds
+    cluster = Cluster(kube, namespace)
+    metrics_port = free_port()
+    fast = {
+        "leaseSeconds": "4",
+        "shutdownGraceSeconds": "3",
+        "settings.lifecycleTimerIntervalSeconds": "1",
+        "settings.finishedRunTtlSeconds": "2",
+    }
+    helm(
+        kube,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--skip-crds",
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"healthPort={free_port()}",
+        "--set",
+        f"metrics.port={metrics_port}",
+        *[arg for key, value in fast.items() for arg in ("--set", f"{key}={value}")],
+    )
+    fullname = f"{release}-tandem-operator"
+    deployment = kube.kubectl_json("get", "deployment", fullname, "-n", namespace)
+    operator_kc = token_kubeconfig(
+        kube, account=fullname, namespace=namespace, path=tmp_path / "operator.kubeconfig"
+    )
+    operator = DeployedOperator(
+        deployment=deployment, kubeconfig=operator_kc, log_path=tmp_path / "operator.log"
+    )
+    label = "automation.tandem.dev/automation=every5"
+    try:
+        assert operator.env["TANDEM_FINISHED_RUN_TTL_SECONDS"] == "2"
+        wait_for(
+            lambda: "leader=True" in operator.log(),
+            timeout=180,
+            what="the operator to lead",
+            describe=lambda: operator.log()[-500:],
+        )
+        node = sim("slow", after=60)
+        cluster.apply(
+            {
+                "apiVersion": "automation.tandem.dev/v1alpha1",
+                "kind": "Automation",
+                "metadata": {"name": "every5"},
+                "spec": {
+                    "agents": [{"agentId": "agent"}],
+                    "nodes": [node],
+                    "schedule": {"cron": "@every 5s", "concurrencyPolicy": "Replace"},
+                },
+            }
+        )
+
+        def names() -> list[str]:
+            out = cluster.kubectl("get", "automationruns", "-l", label, "-o", "json")
+            return sorted(r["metadata"]["name"] for r in json.loads(out)["items"])
+
+        # Two due times: the first run is created, then cancelled by the second (a spec
+        # patch), then deleted 2 s after it finished.
+        first = wait_for(lambda: names(), timeout=60, what="a scheduled run")[0]
+        wait_for(lambda: len(names()) >= 2, timeout=60, what="a second scheduled run")
+        cancelled = cluster.wait_phase(first, "Cancelled", timeout=60)
+        wait_for(lambda: first not in names(), timeout=30, what=f"{first} to be deleted by its TTL")
+        assert cancelled["finishedAt"]
+        status = kube.kubectl_json("get", "automation", "every5", "-n", namespace)["status"]
+        assert status["lastRunName"] in names()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("tandem_automation_")
+        }
+        assert samples['tandem_automation_runs_deleted_total{reason="ttl"}'] >= 1
+        assert samples["tandem_automation_scheduled_runs_total"] >= 2
+    finally:
+        code = operator.stop()
+    log = operator.log()
+    assert code == 0, log[-3000:]
+    for complaint in ("forbidden", "Forbidden", "Not enough permissions", "Failed to post"):
+        assert complaint not in log, log[-3000:]
 
 
 def editor(kube: KubeSession, *, namespace: str, fullname: str, tmp_path: Path) -> Path:

@@ -47,6 +47,15 @@ WEBHOOK_ARGS = [
 OPERATOR_RULES = [
     {"apiGroups": [GROUP], "resources": KINDS, "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": ["automationruns/status"], "verbs": ["patch"]},
+    # Schedules create runs, cancel replaced ones (spec.desiredState) and delete finished
+    # ones (history limits, time to live); they write the Automation's status.
+    {
+        "apiGroups": [GROUP],
+        "resources": ["automationruns"],
+        "verbs": ["create", "patch", "delete"],
+    },
+    {"apiGroups": [GROUP], "resources": ["automations/status"], "verbs": ["patch"]},
+    {"apiGroups": [GROUP], "resources": ["automations/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
@@ -302,6 +311,18 @@ def test_no_rule_uses_a_wildcard(helm: Path, extra: list[str]) -> None:
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), rule
+
+
+def test_operator_never_updates_or_deletes_in_bulk(helm: Path) -> None:
+    """Runs are created, patched and deleted one by one; nothing is replaced or collected."""
+    for rule in find(render(helm), "ClusterRole", FULLNAME)["rules"]:
+        assert "update" not in rule["verbs"] or rule["resources"] in (
+            ["leases"],
+            ["automations/finalizers"],
+        ), rule
+        assert "deletecollection" not in rule["verbs"], rule
+        if "delete" in rule["verbs"]:
+            assert rule["resources"] == ["automationruns"], rule
 
 
 def test_cluster_mode_rbac_is_exact(helm: Path) -> None:

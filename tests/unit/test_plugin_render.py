@@ -25,6 +25,7 @@ from tandem_operator.cli.plugin import (
     render_list,
     render_node_tree,
     resume_note,
+    start_manifest,
 )
 from tandem_operator.lifecycle.clock import parse_ms
 
@@ -457,3 +458,65 @@ def test_connection_options_work_before_and_after_the_command() -> None:
     assert (after.namespace, after.kubeconfig) == ("team-a", None)
     gate = parser.parse_args(["cancel-gate", "x", "--gate", "review", "--reason", "no"])
     assert (gate.gate, gate.reason) == ("review", "no")
+
+
+# -- start: a manual run of an Automation ---------------------------------------------
+
+
+def scheduled_automation(**schedule: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "automation.tandem.dev/v1alpha1",
+        "kind": "Automation",
+        "metadata": {"name": "nightly", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"nodes": [], "schedule": {"cron": "@daily", **schedule}},
+    }
+
+
+def test_start_builds_a_manual_run_owned_by_the_automation() -> None:
+    template = {
+        "labels": {"team": "reports"},
+        "annotations": {"owner": "alice"},
+        "runtimeContext": {"region": "eu"},
+    }
+    manifest = start_manifest(scheduled_automation(runTemplate=template), name="now")
+    assert manifest == {
+        "apiVersion": "automation.tandem.dev/v1alpha1",
+        "kind": "AutomationRun",
+        "metadata": {
+            "name": "now",
+            "namespace": "team-a",
+            "labels": {"team": "reports", "automation.tandem.dev/automation": "nightly"},
+            "annotations": {"owner": "alice"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "automation.tandem.dev/v1alpha1",
+                    "kind": "Automation",
+                    "name": "nightly",
+                    "uid": "u-1",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "automationRef": {"name": "nightly"},
+            "triggerType": "manual",
+            "runtimeContext": {"region": "eu"},
+        },
+    }
+
+
+def test_start_without_a_name_or_template_lets_the_api_server_name_it() -> None:
+    automation = scheduled_automation()
+    del automation["spec"]["schedule"]
+    manifest = start_manifest(automation)
+    meta = manifest["metadata"]
+    assert meta["generateName"] == "nightly-manual-"
+    assert "name" not in meta
+    assert "annotations" not in meta
+    assert "scheduled-at" not in str(meta)
+    assert manifest["spec"] == {"automationRef": {"name": "nightly"}, "triggerType": "manual"}
+
+
+def test_start_is_a_command() -> None:
+    args = build_parser().parse_args(["start", "nightly", "--name", "n1", "-n", "x"])
+    assert (args.automation, args.name, args.namespace) == ("nightly", "n1", "x")

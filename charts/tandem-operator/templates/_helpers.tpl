@@ -74,12 +74,33 @@ when it watches all namespaces, and by a Role in each namespace of watchNamespac
 - apiGroups: ["automation.tandem.dev"]
   resources: ["automationruns", "automations", "agentquotaoverrides", "agentendpoints"]
   verbs: ["get", "list", "watch"]
-# The operator's only write to runs: one JSON merge patch of the status subresource per
-# decision, carrying metadata.resourceVersion. No access to the runs themselves, so it can
-# never change a spec (users own it).
+# The operator's lifecycle writes to runs: one JSON merge patch of the status subresource
+# per decision, carrying metadata.resourceVersion.
 - apiGroups: ["automation.tandem.dev"]
   resources: ["automationruns/status"]
   verbs: ["patch"]
+# Schedules and retention (contract section 9). `create`: a schedule starts one run per due
+# time (B19a), named from the due time, so a repeated create is refused with 409. `patch`:
+# the only spec change the operator makes is `desiredState: Cancelled` on the unfinished runs
+# of a schedule with concurrencyPolicy Replace (B19c); users own every other spec field.
+# `delete`: finished runs beyond a schedule's history limits (B20a) and past their
+# ttlSecondsAfterFinished (B20b), each with its uid as a precondition. No `update`: the
+# operator never replaces a run.
+- apiGroups: ["automation.tandem.dev"]
+  resources: ["automationruns"]
+  verbs: ["create", "patch", "delete"]
+# The schedule's state (B19b): lastScheduleTime, nextScheduleTime, activeRuns, the watermark
+# lastConsideredTime and the Ready/Stalled conditions, one merge patch with resourceVersion.
+- apiGroups: ["automation.tandem.dev"]
+  resources: ["automations/status"]
+  verbs: ["patch"]
+# The runs a schedule creates are owned by their Automation with blockOwnerDeletion: true
+# (so a foreground deletion of the Automation waits for them). With the
+# OwnerReferencesPermissionEnforcement admission plugin, setting that needs `update` on the
+# owner's finalizers subresource; nothing else uses it.
+- apiGroups: ["automation.tandem.dev"]
+  resources: ["automations/finalizers"]
+  verbs: ["update"]
 # AgentEndpoint executors read their bearer token from the Secret named in
 # spec.authSecretRef, by name. No list or watch: the operator cannot enumerate Secrets.
 - apiGroups: [""]

@@ -17,6 +17,11 @@ named ``kubectl-<name>`` on ``PATH`` and runs it for ``kubectl <name>``. Command
   (B12, B13).
 - ``recover NAME``: a new ``spec.recover.requestId`` (B14).
 - ``history NAME [-o json]``: the lifecycle records of the run.
+- ``start AUTOMATION [--name N]``: a run of the Automation now, as ``kubectl create job
+  --from=cronjob/...`` does for a CronJob: ``automationRef``, ``triggerType: manual``, the
+  schedule's runTemplate labels, annotations and runtimeContext, the label
+  ``automation.tandem.dev/automation`` and an ownerReference to the Automation (so it counts
+  for the schedule's concurrency policy and history limits like the runs it starts).
 
 Everything the plugin writes is user intent in ``spec``; the operator turns it into
 status. Each write is checked against what the user saw: gate decisions go as a JSON patch
@@ -54,6 +59,7 @@ from tandem_operator.lifecycle.approvals import approvals_so_far
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.gates import undecided
 from tandem_operator.runtime.ports import wall_ms
+from tandem_operator.scheduling.schedules import AUTOMATION_LABEL, automation_label_value
 
 KIND = "automationrun"
 PLURAL = "automationruns"
@@ -583,6 +589,53 @@ def resume_note(run: Run) -> str | None:
     return None
 
 
+MANUAL_SUFFIX = "-manual-"
+MAX_GENERATE_PREFIX = 248
+"""generateName prefix at most this long: the API server adds five characters (253)."""
+
+
+def start_manifest(automation: Mapping[str, Any], *, name: str | None = None) -> dict[str, Any]:
+    """The AutomationRun ``start`` creates: a manual run of ``automation`` (a whole object).
+
+    Without ``name`` the API server names it ``<automation>-manual-<random>``.
+    """
+    meta = automation.get("metadata") or {}
+    spec = automation.get("spec") or {}
+    auto_name = str(meta.get("name", ""))
+    template = (spec.get("schedule") or {}).get("runTemplate") or {}
+    labels = dict(template.get("labels") or {})
+    labels[AUTOMATION_LABEL] = automation_label_value(auto_name)
+    metadata: dict[str, Any] = {
+        "labels": labels,
+        "ownerReferences": [
+            {
+                "apiVersion": str(automation.get("apiVersion") or API_VERSION),
+                "kind": "Automation",
+                "name": auto_name,
+                "uid": str(meta.get("uid", "")),
+                "controller": True,
+            }
+        ],
+    }
+    if template.get("annotations"):
+        metadata["annotations"] = dict(template["annotations"])
+    if name:
+        metadata["name"] = name
+    else:
+        metadata["generateName"] = (auto_name + MANUAL_SUFFIX)[-MAX_GENERATE_PREFIX:]
+    if meta.get("namespace"):
+        metadata["namespace"] = meta["namespace"]
+    run_spec: dict[str, Any] = {"automationRef": {"name": auto_name}, "triggerType": "manual"}
+    if template.get("runtimeContext") is not None:
+        run_spec["runtimeContext"] = template["runtimeContext"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AutomationRun",
+        "metadata": metadata,
+        "spec": run_spec,
+    }
+
+
 def new_request_id() -> str:
     return f"kubectl-{uuid.uuid4().hex[:16]}"
 
@@ -679,6 +732,30 @@ class RunClient:
                     raise Conflict() from exc
             raise
         return patched
+
+    def get_automation(self, name: str) -> dict[str, Any]:
+        try:
+            found: dict[str, Any] = self._request(self.api.get, url=f"automations/{name}")
+        except ApiError as exc:
+            if exc.code == 404:
+                raise PluginError(
+                    f'automation "{name}" not found in namespace "{self.namespace}"'
+                ) from None
+            raise
+        return found
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            created: dict[str, Any] = self._request(
+                self.api.post,
+                url=PLURAL,
+                headers={"Content-Type": "application/json"},
+                data=json.dumps(body),
+            )
+        except Conflict:
+            name = (body.get("metadata") or {}).get("name")
+            raise PluginError(f'{KIND} "{name}" already exists') from None
+        return created
 
     def merge_patch(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         patched: dict[str, Any] = self._request(
@@ -789,6 +866,13 @@ def _cmd_control(client: RunClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_start(client: RunClient, args: argparse.Namespace) -> int:
+    automation = client.get_automation(args.automation)
+    created = client.create(start_manifest(automation, name=args.name))
+    print(f"{KIND}/{created['metadata']['name']} created from automation/{args.automation}")
+    return 0
+
+
 def _connection_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
     parser.add_argument(
         "--kubeconfig", type=Path, default=default, help="kubeconfig file (default: $KUBECONFIG)"
@@ -842,6 +926,11 @@ def build_parser() -> argparse.ArgumentParser:
         "name"
     )
     command("recover", _cmd_control, "recover a Failed, Paused or Blocked run").add_argument("name")
+    start = command("start", _cmd_start, "start a run of an Automation now (triggerType manual)")
+    start.add_argument("automation")
+    start.add_argument(
+        "--name", default=None, help="the run's name (default: <automation>-manual-<random>)"
+    )
     return parser
 
 

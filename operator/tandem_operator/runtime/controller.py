@@ -11,6 +11,8 @@ What kopf delivers (watch events of the four kinds) arrives here through thin ha
 - **leader election** (``runtime.leader``): only the leader acts; a new leader lists every
   watched object before acting (so a workspace lock holds across failover), then reconciles
   every run;
+- **schedules and retention** (``runtime.schedules``): plans of each Automation's schedule
+  (B19, B20a) and the time to live of finished runs (B20b), fed by the same watch events;
 - **lifecycle tick**: every ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``, the runs whose
   deadline (from their last decision) has come, the runs never decided by this process,
   and, as a resync, the runs that wait or run (Queued, Running, Pausing). Parked and
@@ -35,6 +37,7 @@ from tandem_operator.runtime.leader import Leadership, lease_name, new_identity
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, WallClock
 from tandem_operator.runtime.reconciler import Reconciler
+from tandem_operator.runtime.schedules import Schedules
 from tandem_operator.runtime.store import KINDS, Store, object_key
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,18 @@ class Controller:
             metrics=metrics,
         )
         self.reconciler.metrics.watch_runs(lambda: list(self.store.runs.values()))
+        self.schedules = Schedules(
+            api=self.api,
+            store=self.store,
+            settings=settings,
+            events=self.events,
+            clock=self.reconciler.clock,
+            metrics=self.reconciler.metrics,
+            active=lambda: self.leadership.is_leader and self.reconciler.primed,
+        )
+        # Every change of a run reaches the schedules, also the ones the reconciler's own
+        # writes bring (their watch events are echoes the store drops).
+        self.store.on_run_change = self.schedules.run_changed
         self._background: set[asyncio.Task[None]] = set()
 
     # -- watch events (from kopf) ----------------------------------------------------------
@@ -102,7 +117,8 @@ class Controller:
             self.reconciler.kick(object_key(body))
 
     def automation_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
-        self.store.observe("automations", body, deleted=deleted)
+        if self.store.observe("automations", body, deleted=deleted):
+            self.schedules.automation_changed(object_key(body), deleted=deleted)
         namespace = object_key(body)[0]
         for key in self.store.runs_in(namespace):
             if waits_for_admission(self.store.runs[key].phase):
@@ -132,6 +148,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.reconciler.shutdown()
+        await self.schedules.close()
         for task in self._background:
             task.cancel()
         await self.leadership.release()
@@ -176,6 +193,7 @@ class Controller:
         if self.reconciler.primed:
             for key in list(self.store.runs):
                 self.reconciler.kick(key)
+            self.schedules.resync()
 
     # -- the lifecycle tick --------------------------------------------------------------
 

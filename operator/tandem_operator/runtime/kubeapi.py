@@ -307,6 +307,58 @@ class KubeApi:
     async def get(self, *, plural: str, namespace: str, name: str) -> dict[str, Any]:
         return await self._request("GET", self._object_path(plural, namespace, name))
 
+    # -- what schedules and retention write (B19, B20) -----------------------------------
+
+    def _collection_path(self, plural: str, namespace: str) -> str:
+        return (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{_segment(namespace, 'namespace')}"
+            f"/{_segment(plural, 'resource')}"
+        )
+
+    async def create(
+        self, *, plural: str, namespace: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Create an object; :class:`Conflict` when one of that name exists (409)."""
+        return await self._request(
+            "POST",
+            self._collection_path(plural, namespace),
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            content_type="application/json",
+        )
+
+    async def patch(
+        self, *, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge patch of the object itself (not its status)."""
+        return await self._request(
+            "PATCH",
+            self._object_path(plural, namespace, name),
+            body=json.dumps(patch, separators=(",", ":")).encode(),
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(
+        self, *, plural: str, namespace: str, name: str, uid: str | None = None
+    ) -> dict[str, Any]:
+        """Delete an object (in the background); with ``uid``, only that very object.
+
+        The uid precondition makes a late delete harmless: a new object that took the
+        name meanwhile is refused with 409 (:class:`Conflict`), not deleted.
+        """
+        options: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        return await self._request(
+            "DELETE",
+            self._object_path(plural, namespace, name),
+            body=json.dumps(options, separators=(",", ":")).encode(),
+            content_type="application/json",
+        )
+
     async def create_event(self, *, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a core/v1 Event in ``namespace``."""
         return await self._request(

@@ -30,6 +30,15 @@ The metrics (prefix ``tandem_automation_``):
   built) and status (``completed``, ``needs_repair``, ``failed``, ``blocked``,
   ``transient``, ``cancelled``, ``executor_error``).
 - ``status_write_conflicts_total``: status writes refused with 409 and decided again.
+- ``scheduled_runs_total``: AutomationRuns a schedule created (B19a); a create answered
+  409 (the run of that due time exists) counts nothing.
+- ``schedule_skipped_total{reason}``: due times a schedule did not start a run for:
+  ``forbid`` (B19c, a run of the schedule was not finished), ``missed`` (B19d, one per
+  ``ScheduleMissed`` Event, which counts the times it covers).
+- ``runs_deleted_total{reason}``: finished runs the operator deleted: ``history`` (B20a,
+  beyond a schedule's history limits), ``ttl`` (B20b, ``ttlSecondsAfterFinished`` or
+  ``TANDEM_FINISHED_RUN_TTL_SECONDS`` after ``finishedAt``). A delete answered 404 counts
+  nothing.
 - ``transition_latency_seconds`` (histogram): for each stored status write whose decision
   carries at least one lifecycle record, the seconds from the *first trigger* of that
   reconcile to the end of the write. A trigger is anything that asks for a reconcile of
@@ -89,6 +98,8 @@ REAP_EVENTS: dict[LifecycleEvent | str, str] = {
     "run_paused_stale_no_provider_activity": "paused",
     "run_failed_stale_no_provider_activity": "failed",
 }
+SKIP_REASONS = ("forbid", "missed")
+DELETE_REASONS = ("history", "ttl")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -225,8 +236,29 @@ class OperatorMetrics:
             "Status writes refused with 409 (the run changed since it was read)",
             registry=self.registry,
         )
+        self.scheduled_runs = Counter(
+            f"{PREFIX}scheduled_runs",
+            "AutomationRuns created by schedules (B19a)",
+            registry=self.registry,
+        )
+        self.schedule_skipped = Counter(
+            f"{PREFIX}schedule_skipped",
+            "Due times a schedule started no run for, by reason (forbid: B19c, missed: B19d)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.runs_deleted = Counter(
+            f"{PREFIX}runs_deleted",
+            "Finished runs deleted by the operator, by reason (history: B20a, ttl: B20b)",
+            ["reason"],
+            registry=self.registry,
+        )
         for reason in AUTO_RESUME_REASONS:
             self.auto_resumes.labels(reason=reason)
+        for skip in SKIP_REASONS:
+            self.schedule_skipped.labels(reason=skip)
+        for deletion in DELETE_REASONS:
+            self.runs_deleted.labels(reason=deletion)
         for outcome in REAP_EVENTS.values():
             self.reaps.labels(outcome=outcome)
 
@@ -264,6 +296,17 @@ class OperatorMetrics:
 
     def status_write_conflict(self) -> None:
         self.write_conflicts.inc()
+
+    def scheduled_run_created(self) -> None:
+        self.scheduled_runs.inc()
+
+    def schedule_skipped_due(self, reason: str) -> None:
+        """``reason`` is one of :data:`SKIP_REASONS`."""
+        self.schedule_skipped.labels(reason=reason).inc()
+
+    def run_deleted(self, reason: str) -> None:
+        """``reason`` is one of :data:`DELETE_REASONS`."""
+        self.runs_deleted.labels(reason=reason).inc()
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The current metrics in the format ``accept`` asks for (Prometheus text by default)."""

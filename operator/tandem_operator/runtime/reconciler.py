@@ -96,6 +96,7 @@ class Reconciler:
         self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.queue = WorkQueue(self.reconcile, clock=clock)
         self.queue.alive = lambda key: key in self.store.runs
+        self.queue.gone = self.forget
         self.runner = AttemptRunner(self._on_outcome, clock=clock.now_ms)
         self.primed = False
         """True once this leader has listed every watched object."""

@@ -17,12 +17,14 @@ nothing reads them, and they repeat the status and the spec.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.scheduling.admission import AdmissionQueue, FlowFacts, Waiting, workspace_root
+from tandem_operator.scheduling.schedules import SCHEDULED_AT_ANNOTATION
 
 RunKey = tuple[str, str]
 
@@ -83,6 +85,14 @@ class CachedRun:
     kind: str
     raw: bytes
     """The whole (trimmed) object, compact JSON."""
+    owner: tuple[str, str] | None = None
+    """(name, uid) of the controller ownerReference of kind Automation (schedules, B19)."""
+    scheduled_at_ms: int | None = None
+    """The due time a schedule created the run for (its scheduled-at annotation)."""
+    finished_at_ms: int | None = None
+    """status.finishedAt (history limits, time to live: B20)."""
+    ttl_seconds: int | None = None
+    """spec.ttlSecondsAfterFinished (B20b)."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> CachedRun:
@@ -101,6 +111,12 @@ class CachedRun:
         except (TypeError, ValueError):
             generation = 0
         retry = scheduler_map.get("retryAfter")
+        annotations = meta.get("annotations")
+        scheduled = (
+            annotations.get(SCHEDULED_AT_ANNOTATION) if isinstance(annotations, Mapping) else None
+        )
+        finished = status_map.get("finishedAt")
+        ttl = spec.get("ttlSecondsAfterFinished")
         return cls(
             key=object_key(body),
             resource_version=resource_version(body),
@@ -117,6 +133,10 @@ class CachedRun:
             api_version=str(body.get("apiVersion", "")),
             kind=str(body.get("kind", "")),
             raw=json.dumps(body, separators=(",", ":")).encode(),
+            owner=_automation_owner(meta),
+            scheduled_at_ms=parse_ms(scheduled) if isinstance(scheduled, str) else None,
+            finished_at_ms=parse_ms(finished) if isinstance(finished, str) else None,
+            ttl_seconds=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None,
         )
 
     def body(self) -> dict[str, Any]:
@@ -145,6 +165,21 @@ class CachedRun:
         )
 
 
+def _automation_owner(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    for ref in meta.get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller") and ref.get("kind") == "Automation":
+            return (str(ref.get("name", "")), str(ref.get("uid", "")))
+    return None
+
+
+TOMBSTONES = 4096
+"""Deleted runs remembered, so a late answer about one does not bring it back."""
+
+
+def _ignore(before: CachedRun | None, after: CachedRun | None) -> None:
+    return None
+
+
 KINDS = ("automations", "endpoints", "overrides", "runs")
 """The store's kinds, by the name the runtime uses for each."""
 
@@ -161,6 +196,14 @@ class Store:
         """Each run's metadata.generation when this process first saw it: the spec a status
         without observedGeneration (written by hand) is taken to have seen (B3, B12)."""
         self.admission = AdmissionQueue(capacity=capacity, referenced=self.referenced)
+        self.owned: dict[str, set[RunKey]] = {}
+        """Runs by the uid of the Automation that controls them (ownerReference)."""
+        self._tombstones: OrderedDict[RunKey, int] = OrderedDict()
+        """resourceVersion at deletion of recently deleted runs (at most ``TOMBSTONES``)."""
+        self.on_run_change: Callable[[CachedRun | None, CachedRun | None], None] = _ignore
+        """Called with (before, after) whenever the stored run changes, whoever brought the
+        new version (a watch event, a listing, the answer to the operator's own write);
+        ``after`` is ``None`` for a deletion."""
 
     def referenced(self, namespace: str, name: str) -> FlowFacts:
         spec = (self.automations.get((namespace, name)) or {}).get("spec")
@@ -185,18 +228,53 @@ class Store:
         return False
 
     def _observe_run(self, key: RunKey, body: Mapping[str, Any], *, deleted: bool) -> bool:
+        version = resource_version(body)
         if deleted:
             self.admission.update(key, phase=None, waiting=None)
             self.first_generations.pop(key, None)
-            return self.runs.pop(key, None) is not None
+            gone = self.runs.pop(key, None)
+            if gone is not None:
+                self._unindex(gone)
+            # A write answered after the deletion event carries an older resourceVersion;
+            # the tombstone keeps it from bringing the run back.
+            last = max(version, gone.resource_version if gone is not None else 0)
+            self._tombstones.pop(key, None)
+            self._tombstones[key] = last
+            while len(self._tombstones) > TOMBSTONES:
+                self._tombstones.popitem(last=False)
+            if gone is not None:
+                self.on_run_change(gone, None)
+            return gone is not None
         current = self.runs.get(key)
-        if current is not None and resource_version(body) <= current.resource_version:
+        if current is not None and version <= current.resource_version:
             return False
+        if current is None and key in self._tombstones:
+            if version <= self._tombstones[key]:
+                return False
+            del self._tombstones[key]
         run = CachedRun.of(body)
+        if current is not None:
+            self._unindex(current)
         self.runs[key] = run
         self.first_generations.setdefault(key, run.generation)
+        if run.owner is not None:
+            self.owned.setdefault(run.owner[1], set()).add(key)
         self.admission.update(key, phase=run.phase, waiting=run.waiting())
+        self.on_run_change(current, run)
         return True
+
+    def _unindex(self, run: CachedRun) -> None:
+        if run.owner is None:
+            return
+        keys = self.owned.get(run.owner[1])
+        if keys is not None:
+            keys.discard(run.key)
+            if not keys:
+                del self.owned[run.owner[1]]
+
+    def owned_by(self, uid: str) -> list[CachedRun]:
+        """The runs an Automation controls (ownerReference with ``controller: true``)."""
+        return [self.runs[k] for k in self.owned.get(uid, ()) if k in self.runs]
 
     def runs_in(self, namespace: str) -> list[RunKey]:
         return [k for k in self.runs if k[0] == namespace]

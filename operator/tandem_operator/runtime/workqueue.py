@@ -7,6 +7,11 @@ one run are serialised while different runs proceed concurrently; a reconcile th
 doubled with each failure in a row up to ``MAX_RETRY_AFTER_FAILURE_MS``; and
 each key has at most one wake-up, the deadline its last decision returned
 (``Decision.requeue_at_ms``), replaced by every new one.
+
+Memory follows the keys that exist: a wake-up leaves the queue when it fires, and after a
+reconcile of a key that no longer exists (``alive``) the queue drops its lock and wake-up
+and calls ``gone``, so that the owner of the queue can drop what it keeps for the key
+too (a reconcile under way when the object was deleted may have set them again).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class WorkQueue:
         self._failures: dict[RunKey, int] = {}
         self.alive: Callable[[RunKey], bool] = lambda key: True
         """Whether a key still exists (a failed reconcile of a deleted run is not retried)."""
+        self.gone: Callable[[RunKey], None] = lambda key: None
+        """Called after a reconcile of a key that no longer exists."""
 
     def kick(self, key: RunKey) -> None:
         """Reconcile ``key`` soon, once, however many times it is kicked meanwhile."""
@@ -69,12 +76,18 @@ class WorkQueue:
         if at_ms is None:
             return
         delay = max(0.0, (at_ms - self._clock.now_ms()) / 1000) + WAKE_SLACK_SECONDS
-        self._wakeups[key] = asyncio.get_running_loop().call_later(delay, self.kick, key)
+        self._wakeups[key] = asyncio.get_running_loop().call_later(delay, self._wake, key)
+
+    def _wake(self, key: RunKey) -> None:
+        self._wakeups.pop(key, None)
+        self.kick(key)
 
     def forget(self, key: RunKey) -> None:
-        """The run is gone: no wake-up, no lock."""
+        """The run is gone: no wake-up, no lock (unless a reconcile holds it now)."""
         self.wake_at(key, None)
-        self._locks.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
         self._failures.pop(key, None)
 
     def spawn(self, coro: Awaitable[None], *, name: str) -> None:
@@ -100,6 +113,15 @@ class WorkQueue:
                 self.wake_at(key, self._clock.now_ms() + delay)
         else:
             self._failures.pop(key, None)
+        if not self.alive(key) and key not in self._pending:
+            self.forget(key)
+            self.gone(key)
+
+    def __len__(self) -> int:
+        """Keys the queue keeps anything for (locks, wake-ups, pending kicks)."""
+        return len(
+            self._locks.keys() | self._wakeups.keys() | self._pending | self._failures.keys()
+        )
 
     async def close(self) -> None:
         """Cancel every wake-up and wait (a bounded while) for reconciles under way."""
