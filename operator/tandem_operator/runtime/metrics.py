@@ -30,6 +30,10 @@ The metrics (prefix ``tandem_automation_``):
   built) and status (``completed``, ``needs_repair``, ``failed``, ``blocked``,
   ``transient``, ``cancelled``, ``executor_error``).
 - ``status_write_conflicts_total``: status writes refused with 409 and decided again.
+- ``pods_total{event}``: Pods of container attempts (``execution.container``) this process
+  ``created``, ``adopted`` (an in-progress attempt's Pod found after a restart or a
+  failover, C5) and ``deleted`` (an attempt cancelled or reaped, or an ended attempt's Pod
+  cleaned up).
 - ``transition_latency_seconds`` (histogram): for each stored status write whose decision
   carries at least one lifecycle record, the seconds from the *first trigger* of that
   reconcile to the end of the write. A trigger is anything that asks for a reconcile of
@@ -77,6 +81,9 @@ from tandem_operator.api.vocabulary import (
 from tandem_operator.lifecycle.contract import AttemptOutcome, Decision
 
 log = logging.getLogger(__name__)
+
+POD_EVENTS = ("created", "adopted", "deleted")
+"""``execution.container.PodEvent`` values: the ``event`` label of ``pods_total``."""
 
 PREFIX = "tandem_automation_"
 PHASES: tuple[str, ...] = ALL_PHASES
@@ -225,6 +232,14 @@ class OperatorMetrics:
             "Status writes refused with 409 (the run changed since it was read)",
             registry=self.registry,
         )
+        self.pods = Counter(
+            f"{PREFIX}pods",
+            "Pods of container attempts created, adopted and deleted by this process",
+            ["event"],
+            registry=self.registry,
+        )
+        for event in POD_EVENTS:
+            self.pods.labels(event=event)
         for reason in AUTO_RESUME_REASONS:
             self.auto_resumes.labels(reason=reason)
         for outcome in REAP_EVENTS.values():
@@ -261,6 +276,11 @@ class OperatorMetrics:
         """
         for kind, outcome in outcomes:
             self.attempts.labels(executor=kind, status=attempt_status(outcome)).inc()
+
+    def pod_event(self, event: str) -> None:
+        """A container attempt's Pod was created, adopted or deleted."""
+        if event in POD_EVENTS:
+            self.pods.labels(event=event).inc()
 
     def status_write_conflict(self) -> None:
         self.write_conflicts.inc()
