@@ -13,6 +13,8 @@ named ``kubectl-<name>`` on ``PATH`` and runs it for ``kubectl <name>``. Command
   (B12, B13).
 - ``recover NAME``: a new ``spec.recover.requestId`` (B14).
 - ``history NAME [-o json]``: the lifecycle records of the run.
+- ``logs NAME NODE [--attempt N] [-f]``: the log of a container attempt's Pod
+  (``cli.logs``, which also adds the Pods section of ``describe``).
 
 Everything the plugin writes is user intent in ``spec``; the operator turns it into
 status. Each write is checked against what the user saw: gate decisions go as a JSON patch
@@ -45,6 +47,7 @@ import requests
 
 from tandem_operator.api.models import ALL_DECISIONS, API_VERSION
 from tandem_operator.api.vocabulary import OPERATOR_PAUSES, RECOVERABLE_PHASES, TERMINAL_PHASES
+from tandem_operator.cli import logs
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.runtime.ports import wall_ms
 
@@ -371,6 +374,7 @@ def render_describe(run: Run, *, now_ms: int, automation: Mapping[str, Any] | No
         out.extend(f"  {line}" for line in render_node_tree(lines))
     else:
         out.append("  (flow not available)")
+    out.extend(logs.render_pods(run, automation))
     out.extend(_render_gate(run, now_ms=now_ms))
     history = cp.get("gateHistory") or []
     if history:
@@ -679,6 +683,16 @@ def _cmd_describe(client: RunClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_logs(client: RunClient, args: argparse.Namespace) -> int:
+    run = client.get(args.name)
+    try:
+        pod, _ = logs.logs_target(run, args.node, args.attempt)
+        logs.stream_logs(client.api, namespace=client.namespace, pod=pod, follow=args.follow)
+    except logs.LogsError as exc:
+        raise PluginError(str(exc)) from None
+    return 0
+
+
 def _cmd_history(client: RunClient, args: argparse.Namespace) -> int:
     run = client.get(args.name)
     if args.output == "json":
@@ -780,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
         "name"
     )
     command("recover", _cmd_control, "recover a Failed, Paused or Blocked run").add_argument("name")
+    logs.add_logs_command(command, _cmd_logs)
     return parser
 
 

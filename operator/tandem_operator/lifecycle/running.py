@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from tandem_operator.api.models import AwaitingGate, Node, Scheduler
 from tandem_operator.api.vocabulary import NODE_STATUSES, holds_workspace
@@ -103,7 +104,11 @@ def apply_outcomes(w: Work) -> None:
             reported = out.status.lower()
             status = reported if reported in NODE_STATUSES else "failed"
             output = {**out.output, "status": status}
-        verdicts.append({"attempt": out.attempt, "status": status, "at": w.now})
+        verdict: dict[str, Any] = {"attempt": out.attempt, "status": status, "at": w.now}
+        if out.error is not None and not out.transient:
+            # Why the executor failed the attempt (a Pod's exit code, OOMKilled, no result).
+            verdict["error"] = clip(out.error, MAX_VERDICT_ERROR_CHARS)
+        verdicts.append(verdict)
         del verdicts[:-MAX_VERDICTS]
         limit = node.max_attempts if node else 1
         if status == "needs_repair" and out.attempt >= limit:
