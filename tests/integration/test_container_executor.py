@@ -314,12 +314,14 @@ def test_a_restarted_operator_adopts_the_running_pod(
 def test_a_new_leader_adopts_the_running_pod(
     cluster: Cluster, operators: Callable[..., OperatorProcess], pods: PodWatch
 ) -> None:
-    leader = operators()
-    wait_for(lambda: "leader=True" in leader.log(), timeout=30, what="a leader")
-    operators()
+    replicas = [operators(), operators()]
     result = {"status": "completed", "output": {"by": "pod"}}
     cluster.apply(simulated_run("failover", [box("x", result=result, delay="6s")]))
     pods.until("failover-x-1", phase_is("Running"))
+    # The leader is the replica that claimed the run; identities are <host>-<pid>-<random>.
+    claimant = cluster.status("failover")["executionClaim"]["claimant"]
+    pid = int(claimant.rsplit("-", 2)[1])
+    (leader,) = [r for r in replicas if r.proc is not None and r.proc.pid == pid]
     leader.kill()
     status = cluster.wait_phase("failover", "Completed", timeout=TIMEOUT)
     cp = status["checkpoint"]
