@@ -260,15 +260,21 @@ class Reconciler:
     ) -> frozenset[str]:
         """C5: in-progress container attempts not followed here whose Pod still exists.
 
-        Asked only of a Running or Pausing run with an in-progress node that no attempt of
-        this process follows or reported (after a restart or a failover): one list of the
-        run's Pods by label.
+        Asked only of a Running or Pausing run claimed by another operator instance (after
+        a restart or a failover) with an in-progress container node that no attempt of this
+        process follows or reported: one list of the run's Pods by label. A run this
+        instance claims never looks: its attempts are all followed here, and the Pod of an
+        ended attempt kept for its logs must not be read twice.
         """
         if (
             self.pods is None
             or self.shutting_down
             or status is None
             or not holds_workspace(status.phase)
+            or (
+                status.execution_claim is not None
+                and status.execution_claim.claimant == self.identity
+            )
         ):
             return frozenset()
         cp = status.checkpoint
