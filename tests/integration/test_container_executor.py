@@ -246,9 +246,9 @@ def test_an_evicted_pod_is_a_transient_error_and_the_next_attempt_gets_a_new_pod
 def test_a_pod_pending_past_the_stale_threshold_is_reaped_with_its_reason(
     cluster: Cluster, operators: Callable[..., OperatorProcess], pods: PodWatch
 ) -> None:
-    operators(TANDEM_STALE_RUNNING_MS="3000", TANDEM_DISABLE_STALE_AUTO_RESUME="1")
+    # Six silent seconds: ample for the fake kubelet to report why the Pod waits.
+    operators(TANDEM_STALE_RUNNING_MS="6000", TANDEM_DISABLE_STALE_AUTO_RESUME="1")
     cluster.apply(simulated_run("stuck", [box("x", **{POD_PHASE: "Pending"})]))
-    pods.until("stuck-x-1", lambda p: bool((p.get("status") or {}).get("containerStatuses")))
     status = cluster.wait_phase("stuck", "Paused", timeout=TIMEOUT)
     assert status["stopKind"] == "StaleReaped"
     output = status["checkpoint"]["nodeOutputs"]["x"]
