@@ -126,7 +126,28 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "executor with both kinds",
         _mutate("spec.automation.nodes.0.executor", {"simulate": {}, "endpointRef": {"name": "e"}}),
-        "exactly one of endpointRef or simulate",
+        "exactly one of endpointRef, simulate or container",
+    ),
+    (
+        "container without an image",
+        _mutate("spec.automation.nodes.0.executor", {"container": {"command": ["agent"]}}),
+        "image",
+    ),
+    (
+        "container env name invalid",
+        _mutate(
+            "spec.automation.nodes.0.executor",
+            {"container": {"image": "i", "env": [{"name": "1 bad", "value": "x"}]}},
+        ),
+        "env[0].name",
+    ),
+    (
+        "container label of the operator's",
+        _mutate(
+            "spec.automation.nodes.0.executor",
+            {"container": {"image": "i", "podLabels": {"automation.tandem.dev/run": "x"}}},
+        ),
+        "podLabels keys",
     ),
     (
         "unknown agent",

@@ -290,6 +290,32 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
         assert "RunAwaitingApproval" in reasons
         lease = kube.kubectl_json("get", "lease", fullname, "-n", namespace)
         assert lease["spec"]["holderIdentity"]
+
+        # The container executor with the same token: the attempt's Pod is created and
+        # watched, and deleted when the run is cancelled.
+        boxed = {
+            "id": "x",
+            "agentId": "agent",
+            "executor": {
+                "container": {
+                    "image": "registry.example.com/agents/test:1",
+                    "podAnnotations": {"tandem.test/phase": "Running"},
+                }
+            },
+        }
+        cluster.apply(simulated_run("boxed", [boxed]))
+        wait_for(
+            lambda: cluster.kubectl("get", "pods", "-o", "name").strip() == "pod/boxed-x-1",
+            timeout=60,
+            what="the attempt's Pod",
+        )
+        cluster.patch_spec("boxed", {"desiredState": "Cancelled"})
+        cluster.wait_phase("boxed", "Cancelled", timeout=60)
+        wait_for(
+            lambda: not cluster.kubectl("get", "pods", "-o", "name").strip(),
+            timeout=60,
+            what="the Pod deleted",
+        )
     finally:
         code = operator.stop()
     log = operator.log()
@@ -334,11 +360,18 @@ def test_chart_rbac_runs_the_operator_and_refuses_the_rest(
     refused(kube, operator_kc, "delete", "namespace", namespace, "--wait=false")
     assert not can_i(kube, operator_kc, "list", group, "-n", "default")
     assert not can_i(kube, operator_kc, "create", "leases", "-n", "default")
+    assert can_i(kube, operator_kc, "create", "pods", "-n", namespace)
+    assert not can_i(kube, operator_kc, "create", "pods", "-n", "default")
+    assert not can_i(kube, operator_kc, "update", "pods", "-n", namespace)
+    assert not can_i(kube, operator_kc, "create", "pods", "--subresource=exec", "-n", namespace)
+    assert not can_i(kube, operator_kc, "get", "pods", "--subresource=log", "-n", namespace)
 
     # The editor drives runs but neither writes status nor approves budgets.
     assert not can_i(kube, editor_kc, "patch", group, "--subresource=status", "-n", namespace)
     overrides = "agentquotaoverrides.automation.tandem.dev"
     assert not can_i(kube, editor_kc, "create", overrides, "-n", namespace)
+    # ... and reads container attempts' logs (kubectl automationrun logs).
+    assert can_i(kube, editor_kc, "get", "pods", "--subresource=log", "-n", namespace)
 
     # Uninstalling keeps the API and the runs; with no finalizer a run is still deletable.
     helm(kube, "uninstall", release, "--namespace", namespace)

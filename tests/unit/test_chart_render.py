@@ -44,6 +44,11 @@ WEBHOOK_ARGS = [
     "--webhook-registration=none",
 ]
 
+POD_RULE = {
+    "apiGroups": [""],
+    "resources": ["pods"],
+    "verbs": ["create", "get", "list", "watch", "delete"],
+}
 OPERATOR_RULES = [
     {"apiGroups": [GROUP], "resources": KINDS, "verbs": ["get", "list", "watch"]},
     {"apiGroups": [GROUP], "resources": ["automationruns/status"], "verbs": ["patch"]},
@@ -58,6 +63,7 @@ OPERATOR_RULES = [
     {"apiGroups": [GROUP], "resources": ["automations/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    POD_RULE,
 ]
 LEADER_RULES = [
     {
@@ -244,7 +250,17 @@ def _operator_env_names() -> set[str]:
 def test_every_setting_the_operator_reads_is_a_value(helm: Path) -> None:
     names = _operator_env_names()
     assert "TANDEM_STALE_RUNNING_MS" in names  # the scan itself works
-    rendered = set(plain_env(render(helm, "--set", "settings.disableStaleAutoResume=true")))
+    rendered = set(
+        plain_env(
+            render(
+                helm,
+                "--set",
+                "settings.disableStaleAutoResume=true",
+                "--set",
+                "settings.disableContainerExecutor=true",
+            )
+        )
+    )
     assert names - rendered == set()
 
 
@@ -268,6 +284,8 @@ def test_values_reach_the_operator_settings(helm: Path) -> None:
         "leaseSeconds": "30",
         "shutdownGraceSeconds": "60",
         "settings.finishedRunTtlSeconds": "604800",
+        "settings.disableContainerExecutor": "true",
+        "settings.podKeepSeconds": "600",
     }
     args = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     args += ["--set-string", "settings.tokenCostPer1kUsd=0.002"]
@@ -286,6 +304,8 @@ def test_values_reach_the_operator_settings(helm: Path) -> None:
         claim_lease_seconds=30,
         shutdown_grace_seconds=60,
         finished_run_ttl_seconds=604_800,
+        container_executor_disabled=True,
+        pod_keep_seconds=600,
     )
     assert str(parsed.token_cost_per_1k_usd) == "0.002"
 
@@ -378,7 +398,8 @@ def test_aggregated_user_roles(helm: Path) -> None:
     docs = render(helm)
     view = find(docs, "ClusterRole", f"{FULLNAME}-view")
     assert view["rules"] == [
-        {"apiGroups": [GROUP], "resources": KINDS, "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [GROUP], "resources": KINDS, "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
     ]
     assert {k: v for k, v in view["metadata"]["labels"].items() if k.startswith("rbac.")} == {
         "rbac.authorization.k8s.io/aggregate-to-view": "true",
@@ -402,6 +423,13 @@ def test_aggregated_user_roles(helm: Path) -> None:
         FULLNAME,
         f"{FULLNAME}-discovery",
     }
+
+
+def test_no_pod_permissions_when_the_container_executor_is_off(helm: Path) -> None:
+    docs = render(helm, "--set", "settings.disableContainerExecutor=true")
+    assert find(docs, "ClusterRole", FULLNAME)["rules"] == OPERATOR_RULES[:-1]
+    assert plain_env(docs)["TANDEM_DISABLE_CONTAINER_EXECUTOR"] == "true"
+    assert "TANDEM_DISABLE_CONTAINER_EXECUTOR" not in plain_env(render(helm))
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(helm: Path) -> None:

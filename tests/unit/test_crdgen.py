@@ -317,7 +317,8 @@ def test_cel_rules_guard_the_run_spec() -> None:
             "self.kind == 'Approval' || !has(self.approval)"
         ]
         assert rules(kind, f"{prefix}.nodes[].executor") == [
-            "has(self.endpointRef) != has(self.simulate)"
+            "(has(self.endpointRef) ? 1 : 0) + (has(self.simulate) ? 1 : 0)"
+            " + (has(self.container) ? 1 : 0) == 1"
         ]
 
 

@@ -111,6 +111,16 @@ when it watches all namespaces, and by a Role in each namespace of watchNamespac
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if not .Values.settings.disableContainerExecutor }}
+# The container executor runs each attempt of a container node in its own Pod in the run's
+# namespace: create it, follow it (a watch of that one Pod, by name and the
+# automation.tandem.dev/run label), list a run's Pods to adopt them after a restart (C5), and
+# delete them on pause, cancel, rework, stale reaping and once an attempt ended. No update or
+# patch: the operator never changes a Pod it created; no pods/exec or pods/log.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+{{- end }}
 {{- end }}
 
 {{/*

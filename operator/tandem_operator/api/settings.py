@@ -40,6 +40,12 @@ class Settings:
     finished_run_ttl_seconds: int | None = None
     """B20b: seconds a finished run is kept when its spec sets no ttlSecondsAfterFinished;
     ``None`` (unset) keeps finished runs."""
+    container_executor_disabled: bool = False
+    """``TANDEM_DISABLE_CONTAINER_EXECUTOR`` (any value): no Pods; container nodes fail to
+    start, saying the executor is off."""
+    pod_keep_seconds: int = 0
+    """``TANDEM_POD_KEEP_SECONDS``: how long an ended container attempt's Pod is kept (for
+    ``kubectl logs``) before the operator deletes it; 0 deletes it at once."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,4 +107,6 @@ class Settings:
                 "TANDEM_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
             ),
             finished_run_ttl_seconds=optional_positive("TANDEM_FINISHED_RUN_TTL_SECONDS"),
+            container_executor_disabled="TANDEM_DISABLE_CONTAINER_EXECUTOR" in env,
+            pod_keep_seconds=positive("TANDEM_POD_KEEP_SECONDS", defaults.pod_keep_seconds),
         )

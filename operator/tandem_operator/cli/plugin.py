@@ -22,6 +22,8 @@ named ``kubectl-<name>`` on ``PATH`` and runs it for ``kubectl <name>``. Command
   schedule's runTemplate labels, annotations and runtimeContext, the label
   ``automation.tandem.dev/automation`` and an ownerReference to the Automation (so it counts
   for the schedule's concurrency policy and history limits like the runs it starts).
+- ``logs NAME NODE [--attempt N] [-f]``: the log of a container attempt's Pod
+  (``cli.logs``, which also adds the Pods section of ``describe``).
 
 Everything the plugin writes is user intent in ``spec``; the operator turns it into
 status. Each write is checked against what the user saw: gate decisions go as a JSON patch
@@ -55,6 +57,7 @@ import requests
 
 from tandem_operator.api.models import ALL_DECISIONS, API_VERSION, Checkpoint, GateDecision
 from tandem_operator.api.vocabulary import OPERATOR_PAUSES, RECOVERABLE_PHASES, TERMINAL_PHASES
+from tandem_operator.cli import logs
 from tandem_operator.lifecycle.approvals import approvals_so_far
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.gates import undecided
@@ -389,6 +392,7 @@ def render_describe(run: Run, *, now_ms: int, automation: Mapping[str, Any] | No
         out.extend(f"  {line}" for line in render_node_tree(lines))
     else:
         out.append("  (flow not available)")
+    out.extend(logs.render_pods(run, automation))
     out.extend(_render_gate(run, now_ms=now_ms, automation=automation))
     history = cp.get("gateHistory") or []
     if history:
@@ -810,6 +814,16 @@ def _cmd_describe(client: RunClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_logs(client: RunClient, args: argparse.Namespace) -> int:
+    run = client.get(args.name)
+    try:
+        pod, _ = logs.logs_target(run, args.node, args.attempt)
+        logs.stream_logs(client.api, namespace=client.namespace, pod=pod, follow=args.follow)
+    except logs.LogsError as exc:
+        raise PluginError(str(exc)) from None
+    return 0
+
+
 def _cmd_history(client: RunClient, args: argparse.Namespace) -> int:
     run = client.get(args.name)
     if args.output == "json":
@@ -931,6 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--name", default=None, help="the run's name (default: <automation>-manual-<random>)"
     )
+    logs.add_logs_command(command, _cmd_logs)
     return parser
 
 

@@ -285,24 +285,30 @@ class AgentEndpointExecutor:
 
     @staticmethod
     def _encode(request: AttemptRequest) -> bytes:
-        body = {
-            "run": {
-                "namespace": request.run_namespace,
-                "name": request.run_name,
-                "uid": request.run_uid,
-            },
-            "node": request.node_id,
-            "attempt": request.attempt,
-            "objective": request.objective,
-            "inputs": request.inputs,
-            "runtimeContext": request.runtime_context,
-            "agent": request.agent,
-        }
-        try:
-            text = json.dumps(body, default=_json_default, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise ExecutorConfigError(f"attempt request is not JSON-encodable: {exc}") from exc
-        return text.encode("utf-8")
+        return encode_request(request)
+
+
+def encode_request(request: AttemptRequest) -> bytes:
+    """The §6 request body of ``request`` as compact JSON (the container executor's
+    ``TANDEM_ATTEMPT`` too); ``ExecutorConfigError`` when it cannot be encoded."""
+    body = {
+        "run": {
+            "namespace": request.run_namespace,
+            "name": request.run_name,
+            "uid": request.run_uid,
+        },
+        "node": request.node_id,
+        "attempt": request.attempt,
+        "objective": request.objective,
+        "inputs": request.inputs,
+        "runtimeContext": request.runtime_context,
+        "agent": request.agent,
+    }
+    try:
+        text = json.dumps(body, default=_json_default, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ExecutorConfigError(f"attempt request is not JSON-encodable: {exc}") from exc
+    return text.encode("utf-8")
 
 
 async def _raise_for_status(

@@ -5,7 +5,8 @@ entry in :func:`default_registry`. The runtime receives a registry and asks it f
 attempt; it never names a kind itself, and the metrics read the kind's name from here.
 
 A node's executor is chosen in order: the node's own ``executor`` block (whichever of its
-fields is set), then its agent's default (the agent's ``endpointRef``). A kind builds its
+fields is set), then its agent's default (the agent's ``endpointRef``, else its
+``container``). A kind builds its
 executor from the node, the agent and an :class:`ExecutorContext` (reads from the API
 server, a shared HTTP session), so a test can hand the runtime fake kinds, or real kinds
 over a fake context.
@@ -13,13 +14,15 @@ over a fake context.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
-from tandem_operator.api.models import Agent, AgentEndpointSpec, Node
+from tandem_operator.api.models import Agent, AgentEndpointSpec, Container, Node
+from tandem_operator.execution.container import ContainerExecutor, PodClient, PodEvent
 from tandem_operator.execution.http import AgentEndpointExecutor
 from tandem_operator.execution.simulate import SimulateExecutor
 from tandem_operator.execution.types import Executor, ExecutorConfigError
@@ -102,6 +105,8 @@ class AgentEndpointKind:
         ex = target.node.executor
         if ex is not None and ex.endpoint_ref is not None:
             return ex.endpoint_ref.name
+        if ex is not None and (ex.simulate is not None or ex.container is not None):
+            return None
         agent = target.agent
         return agent.endpoint_ref.name if agent is not None and agent.endpoint_ref else None
 
@@ -137,6 +142,52 @@ class AgentEndpointKind:
         )
 
 
+class ContainerKind:
+    """``executor.container`` or the agent's ``container``: one Pod per attempt (§7)."""
+
+    name = "container"
+
+    def __init__(
+        self,
+        pods: PodClient,
+        *,
+        keep_seconds: float = 0,
+        on_pod: Callable[[PodEvent], None] | None = None,
+    ) -> None:
+        self.pods = pods
+        self.keep_seconds = keep_seconds
+        self.on_pod = on_pod
+        self.janitor: set[asyncio.Task[None]] = set()
+        """Pending deletions of ended attempts' Pods."""
+
+    @staticmethod
+    def container_of(target: Target) -> Container | None:
+        ex = target.node.executor
+        if ex is not None and (ex.endpoint_ref is not None or ex.simulate is not None):
+            return None
+        if ex is not None and ex.container is not None:
+            return ex.container
+        agent = target.agent
+        if agent is None or agent.endpoint_ref is not None:
+            return None
+        return agent.container
+
+    def claims(self, target: Target) -> bool:
+        return self.container_of(target) is not None
+
+    async def build(self, target: Target, context: ExecutorContext) -> Executor:
+        container = self.container_of(target)
+        if container is None:
+            raise ExecutorConfigError(f"node `{target.node.id}` has no container")
+        return ContainerExecutor(
+            container=container,
+            pods=self.pods,
+            keep_seconds=self.keep_seconds,
+            on_pod=self.on_pod,
+            janitor=self.janitor,
+        )
+
+
 class ExecutorRegistry:
     """The executor kinds an operator runs, asked in order."""
 
@@ -161,12 +212,16 @@ class ExecutorRegistry:
         kind = self.kind_of(target)
         if kind is None:
             raise ExecutorConfigError(
-                f"node `{target.node.id}` has no executor: set executor.simulate or "
-                "executor.endpointRef, or an endpointRef on its agent"
+                f"node `{target.node.id}` has no executor: set executor.simulate, "
+                "executor.endpointRef or executor.container, or an endpointRef or container "
+                "on its agent (a container needs the container executor, which may be off)"
             )
         return await kind.build(target, context)
 
 
-def default_registry() -> ExecutorRegistry:
-    """Every executor kind this operator ships."""
-    return ExecutorRegistry([SimulateKind(), AgentEndpointKind()])
+def default_registry(container: ContainerKind | None = None) -> ExecutorRegistry:
+    """Every executor kind this operator ships; ``container`` when Pods may be run."""
+    kinds: list[ExecutorKind] = [SimulateKind(), AgentEndpointKind()]
+    if container is not None:
+        kinds.append(container)
+    return ExecutorRegistry(kinds)

@@ -7,8 +7,11 @@ neither running nor reported. Outcomes stay queued until the reconciler has writ
 status that accounts for them (``consume``); if the operator dies first, the attempt is
 lost with the process and restart recovery (B1/B1r) decides what happens to the run.
 
-Executor activity (any NDJSON line, a simulate start) is kept in memory per run: the
-stale reaper (B5) reads it, and the reconciler persists it with the next status write.
+Executor activity (any NDJSON line, a simulate start, a change of a Pod's status) is kept in
+memory per run: the stale reaper (B5) reads it, and the reconciler persists it with the next
+status write. So is what in-flight attempts have reported so far: their token usage (B21
+counts it against the budgets while they run; ``on_usage`` is told of each report) and why
+an attempt waits (a Pod that cannot start: B5 writes it into the verdict when it reaps).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tandem_operator.execution.types import (
@@ -39,14 +42,26 @@ class _RunAttempts:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     outcomes: list[AttemptOutcome] = field(default_factory=list)
     last_activity_ms: int | None = None
+    activities: dict[str, _Activity] = field(default_factory=dict)
+    """What each in-flight attempt reported so far."""
 
 
 class _Activity:
-    def __init__(self, state: _RunAttempts, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        state: _RunAttempts,
+        clock: Callable[[], int],
+        on_usage: Callable[[], None] | None = None,
+    ) -> None:
         self._state = state
         self._clock = clock
+        self._on_usage = on_usage
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.waiting_reason: str | None = None
+        self.detached = False
+        """Set before a cancellation that must leave the work running outside this process
+        (shutdown, lost leadership): an executor whose work outlives it (a Pod) keeps it."""
 
     def activity(self) -> None:
         self._state.last_activity_ms = self._clock()
@@ -55,6 +70,12 @@ class _Activity:
         # Executors check each report; the sum of many is capped here (MAX_TOKEN_COUNT).
         self.prompt_tokens = _capped(self.prompt_tokens + prompt_tokens)
         self.completion_tokens = _capped(self.completion_tokens + completion_tokens)
+        if self._on_usage is not None and (prompt_tokens or completion_tokens):
+            self._on_usage()
+
+    def waiting(self, reason: str | None) -> None:
+        """Why the attempt cannot make progress (``None``: it can)."""
+        self.waiting_reason = reason
 
 
 def _capped(tokens: int) -> int:
@@ -65,9 +86,16 @@ def _capped(tokens: int) -> int:
 class AttemptRunner:
     """Starts, tracks and cancels node attempts; reports their outcomes."""
 
-    def __init__(self, notify: Notify, *, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        notify: Notify,
+        *,
+        clock: Callable[[], int],
+        on_usage: Callable[[RunKey], None] | None = None,
+    ) -> None:
         self._notify = notify
         self._clock = clock
+        self._on_usage = on_usage
         self._runs: dict[RunKey, _RunAttempts] = {}
 
     def in_flight(self, key: RunKey) -> frozenset[str]:
@@ -81,6 +109,25 @@ class AttemptRunner:
     def last_activity_ms(self, key: RunKey) -> int | None:
         state = self._runs.get(key)
         return state.last_activity_ms if state else None
+
+    def in_flight_usage(self, key: RunKey) -> tuple[int, int]:
+        """Prompt and completion tokens in-flight attempts have reported so far (B21)."""
+        state = self._runs.get(key)
+        if state is None:
+            return 0, 0
+        found = list(state.activities.values())
+        return sum(a.prompt_tokens for a in found), sum(a.completion_tokens for a in found)
+
+    def waiting(self, key: RunKey) -> Mapping[str, str]:
+        """Why in-flight attempts wait, by node (only those that say so)."""
+        state = self._runs.get(key)
+        if state is None:
+            return {}
+        return {
+            node: a.waiting_reason
+            for node, a in state.activities.items()
+            if a.waiting_reason is not None
+        }
 
     def total_in_flight(self) -> int:
         return sum(len(s.tasks) for s in self._runs.values())
@@ -111,12 +158,18 @@ class AttemptRunner:
             AttemptOutcome(node_id=request.node_id, attempt=request.attempt, error=error)
         )
 
-    def cancel(self, key: RunKey, node_ids: frozenset[str] | None = None) -> None:
+    def cancel(
+        self, key: RunKey, node_ids: frozenset[str] | None = None, *, detach: bool = False
+    ) -> None:
+        """Cancel attempts; ``detach``: only stop following them (see ``_Activity.detached``)."""
         state = self._runs.get(key)
         if state is None:
             return
         for node_id, task in list(state.tasks.items()):
             if node_ids is None or node_id in node_ids:
+                activity = state.activities.get(node_id)
+                if activity is not None and detach:
+                    activity.detached = True
                 task.cancel()
 
     def forget(self, key: RunKey) -> None:
@@ -130,6 +183,8 @@ class AttemptRunner:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for activity in (a for s in self._runs.values() for a in s.activities.values()):
+            activity.detached = True  # the next operator adopts what outlives this one
         for task in pending:
             task.cancel()
         if pending:
@@ -138,7 +193,11 @@ class AttemptRunner:
     async def _attempt(
         self, key: RunKey, state: _RunAttempts, request: AttemptRequest, executor: Executor
     ) -> None:
-        activity = _Activity(state, self._clock)
+        on_usage = self._on_usage
+        activity = _Activity(
+            state, self._clock, (lambda: on_usage(key)) if on_usage is not None else None
+        )
+        state.activities[request.node_id] = activity
         outcome: AttemptOutcome
         try:
             result = await executor.run(request, activity)
@@ -178,7 +237,9 @@ class AttemptRunner:
                 attempt=request.attempt,
                 error=f"executor error: {type(exc).__name__}: {exc}",
             )
+        # The usage moves from the in-flight attempt to its outcome in one step.
         state.tasks.pop(request.node_id, None)
+        state.activities.pop(request.node_id, None)
         state.outcomes.append(outcome)
         with contextlib.suppress(Exception):
             await self._notify(key)

@@ -79,7 +79,15 @@ class Observation:
     overrides: Sequence[Override] = ()
     outcomes: Sequence[AttemptOutcome] = ()
     in_flight: frozenset[str] = frozenset()
-    """Nodes with an attempt running in this process right now."""
+    """Nodes with an attempt running in this process right now (adopted ones included)."""
+    adopted: frozenset[str] = frozenset()
+    """In-progress nodes whose attempt still runs outside this process: a container attempt
+    whose Pod exists (C5). Recovery (B1/B1r) spares them; the runtime follows them again."""
+    in_flight_tokens: int = 0
+    """Tokens that attempts still running have reported and no outcome carries yet (B21)."""
+    waiting: Mapping[str, str] = field(default_factory=dict)
+    """Why an in-flight attempt cannot make progress, by node (e.g. its Pod's image cannot be
+    pulled); B5 writes it into the verdict of the attempt it reaps."""
     last_activity_ms: int | None = None
     shutting_down: bool = False
 

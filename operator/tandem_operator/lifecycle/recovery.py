@@ -4,6 +4,12 @@ A Running or Pausing run is orphaned when its execution claim is missing, expire
 by an operator instance that is no longer alive. What happens to it depends on
 ``TANDEM_RESTART_RECOVERY``: ``fail`` (B1) or ``requeue`` (B1r, B1 for nodes out of
 attempts); a Pausing run settles to Paused (B2). The other rules see the result.
+
+C5: attempts that outlive the operator (a container attempt whose Pod still exists,
+``Observation.adopted``) are not interrupted. A Running run whose in-progress attempts are
+all adopted is claimed by this operator and runs on; when some are adopted and others are
+gone, the gone ones follow B1 (the run fails, and the adopted attempts are stopped with it)
+or B1r for that node alone (it is retried, the run stays Running).
 """
 
 from __future__ import annotations
@@ -55,10 +61,14 @@ def recover_orphan(w: Work) -> None:
             event="run_pausing_settled_on_restart",
         )
         return
+    adopted = [n for n in w.in_progress() if n in w.obs.adopted]
+    interrupted = [n for n in w.in_progress() if n not in w.obs.adopted]
+    if adopted:
+        _adopt(w, interrupted)
+        return
     if w.obs.settings.restart_recovery == "fail":
         _fail_on_restart(w)
         return
-    interrupted = w.in_progress()
     for node_id in interrupted:
         node = w.node(node_id)
         if node is not None and w.cp.node_attempts.get(node_id, 0) >= node.max_attempts:
@@ -74,3 +84,22 @@ def recover_orphan(w: Work) -> None:
         reason="requeued after server restart",
         metadata={"interrupted_nodes": interrupted},
     )
+
+
+def _adopt(w: Work, interrupted: list[str]) -> None:
+    """C5: some attempts live on; the others follow B1, or B1r node by node."""
+    if interrupted and w.obs.settings.restart_recovery == "fail":
+        w.stop_in_flight()
+        _fail_on_restart(w)
+        return
+    for node_id in interrupted:
+        node = w.node(node_id)
+        if node is not None and w.cp.node_attempts.get(node_id, 0) >= node.max_attempts:
+            w.stop_in_flight()
+            _fail_on_restart(w)
+            return
+    for node_id in interrupted:
+        w.set_output(
+            node_id, {"status": "needs_repair", "blocker_category": "server_restart_interrupted"}
+        )
+    w.claim()

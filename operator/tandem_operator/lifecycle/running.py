@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from tandem_operator.api.models import MAX_TOKEN_COUNT, AwaitingGate, Node, Scheduler
 from tandem_operator.api.vocabulary import NODE_STATUSES, holds_workspace
@@ -113,7 +114,11 @@ def apply_outcomes(w: Work) -> None:
             reported = out.status.lower()
             status = reported if reported in NODE_STATUSES else "failed"
             output = {**out.output, "status": status}
-        verdicts.append({"attempt": out.attempt, "status": status, "at": w.now})
+        verdict: dict[str, Any] = {"attempt": out.attempt, "status": status, "at": w.now}
+        if out.error is not None and not out.transient:
+            # Why the executor failed the attempt (a Pod's exit code, OOMKilled, no result).
+            verdict["error"] = clip(out.error, MAX_VERDICT_ERROR_CHARS)
+        verdicts.append(verdict)
         del verdicts[:-MAX_VERDICTS]
         limit = node.max_attempts if node else 1
         if status == "needs_repair" and out.attempt >= limit:
@@ -154,17 +159,17 @@ def budgets(w: Work) -> None:
     ex = flow.execution
     exceeded: str | None = None
     started = parse_ms(w.s.started_at)
-    if ex.max_total_tokens is not None and w.s.usage.total_tokens > ex.max_total_tokens:
+    # B21: usage that attempts still running reported counts as it arrives.
+    tokens = w.s.usage.total_tokens + w.obs.in_flight_tokens
+    cost = (
+        Decimal(w.s.usage.estimated_cost_usd or "0")
+        + Decimal(w.obs.in_flight_tokens) / 1000 * w.obs.settings.token_cost_per_1k_usd
+    )
+    if ex.max_total_tokens is not None and tokens > ex.max_total_tokens:
+        exceeded = f"token budget exceeded: {tokens} > maxTotalTokens {ex.max_total_tokens}"
+    elif ex.max_total_cost_usd is not None and cost > Decimal(ex.max_total_cost_usd):
         exceeded = (
-            f"token budget exceeded: {w.s.usage.total_tokens} > maxTotalTokens "
-            f"{ex.max_total_tokens}"
-        )
-    elif ex.max_total_cost_usd is not None and Decimal(
-        w.s.usage.estimated_cost_usd or "0"
-    ) > Decimal(ex.max_total_cost_usd):
-        exceeded = (
-            f"cost budget exceeded: {w.s.usage.estimated_cost_usd} > maxTotalCostUsd "
-            f"{ex.max_total_cost_usd}"
+            f"cost budget exceeded: {_decimal_text(cost)} > maxTotalCostUsd {ex.max_total_cost_usd}"
         )
     elif (
         ex.max_total_runtime_seconds is not None
@@ -229,13 +234,26 @@ def stale_reap(w: Work) -> None:
         node = w.node(node_id)
         limit = node.max_attempts if node else 1
         exhausted = w.cp.node_attempts.get(node_id, 0) >= limit
-        w.set_output(
-            node_id,
-            {
-                "status": "failed" if exhausted else "needs_repair",
-                "blocker_category": STALE_REAP_REASON,
-            },
-        )
+        output: dict[str, str] = {
+            "status": "failed" if exhausted else "needs_repair",
+            "blocker_category": STALE_REAP_REASON,
+        }
+        waiting = w.obs.waiting.get(node_id)
+        if waiting is not None:
+            # Why the attempt made no progress, as its executor saw it (a Pod that could
+            # not start): in the output and in the attempt's verdict.
+            output["error"] = clip(waiting, MAX_VERDICT_ERROR_CHARS) or ""
+            verdicts = w.cp.node_attempt_verdicts.setdefault(node_id, [])
+            verdicts.append(
+                {
+                    "attempt": w.cp.node_attempts.get(node_id, 0),
+                    "status": output["status"],
+                    "error": output["error"],
+                    "at": w.now,
+                }
+            )
+            del verdicts[:-MAX_VERDICTS]
+        w.set_output(node_id, output)
         if exhausted and failed_node is None:
             failed_node = node_id
     w.stop_in_flight()

@@ -30,7 +30,7 @@ from typing import Any
 
 from tandem_operator.api.settings import Settings
 from tandem_operator.api.vocabulary import holds_workspace, waits_for_admission
-from tandem_operator.execution.registry import ExecutorRegistry, default_registry
+from tandem_operator.execution.registry import ContainerKind, ExecutorRegistry, default_registry
 from tandem_operator.runtime.events import EventRecorder
 from tandem_operator.runtime.kubeapi import KubeApi
 from tandem_operator.runtime.leader import Leadership, lease_name, new_identity
@@ -80,6 +80,16 @@ class Controller:
             lease_seconds=settings.claim_lease_seconds,
             on_change=self._leadership_changed,
         )
+        metrics = metrics if metrics is not None else OperatorMetrics()
+        if executors is None:
+            container = (
+                None
+                if settings.container_executor_disabled
+                else ContainerKind(
+                    self.api, keep_seconds=settings.pod_keep_seconds, on_pod=metrics.pod_event
+                )
+            )
+            executors = default_registry(container)
         self.reconciler = Reconciler(
             api=self.api,
             store=self.store,
@@ -87,9 +97,10 @@ class Controller:
             identity=self.identity,
             events=self.events,
             membership=self.leadership,
-            executors=executors if executors is not None else default_registry(),
+            executors=executors,
             clock=clock if clock is not None else WallClock(),
             metrics=metrics,
+            pods=self.api,
         )
         self.reconciler.metrics.watch_runs(lambda: list(self.store.runs.values()))
         self.schedules = Schedules(

@@ -193,6 +193,7 @@ class KubeApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._base = str(self._configuration.host).rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -368,6 +369,114 @@ class KubeApi:
             content_type="application/json",
         )
 
+    # -- Pods of the container executor (execution.container.PodClient) ---------------
+
+    @staticmethod
+    def _pods_path(namespace: str, name: str | None = None) -> str:
+        path = f"/api/v1/namespaces/{_segment(namespace, 'namespace')}/pods"
+        return path if name is None else f"{path}/{_segment(name, 'name')}"
+
+    async def create_pod(
+        self, *, namespace: str, body: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Create a Pod: ``(pod, True)``; when one of that name exists, ``(it, False)``."""
+        try:
+            created = await self._request(
+                "POST",
+                self._pods_path(namespace),
+                body=json.dumps(body, separators=(",", ":")).encode(),
+                content_type="application/json",
+            )
+        except Conflict:
+            name = str(body["metadata"]["name"])
+            existing = await self.get_pod(namespace=namespace, name=name)
+            if existing is None:
+                raise
+            return existing, False
+        return created, True
+
+    async def get_pod(self, *, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", self._pods_path(namespace, name))
+        except Gone:
+            return None
+
+    async def list_pods(self, *, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        query = urlencode({"labelSelector": label_selector})
+        page = await self._request("GET", f"{self._pods_path(namespace)}?{query}")
+        return [p for p in page.get("items") or [] if isinstance(p, dict)]
+
+    async def delete_pod(self, *, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Pod (only while it has ``uid``, when given); a missing Pod is fine."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self._request(
+                "DELETE",
+                self._pods_path(namespace, name),
+                body=json.dumps(options).encode(),
+                content_type="application/json",
+            )
+        except Gone:
+            return
+        except Conflict:
+            return  # another Pod of that name now: not ours to delete
+
+    async def watch_pod(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Watch events of one Pod (a field selector on its name and a label selector).
+
+        Watches use a session of their own, outside the ``workers`` limit of the hot path:
+        each one holds a connection for up to ``timeout_seconds``.
+        """
+        session = self._watch_http()
+        query = {
+            "watch": "1",
+            "fieldSelector": f"metadata.name={name}",
+            "labelSelector": label_selector,
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        url = f"{self._base}{self._pods_path(namespace)}?{urlencode(query)}"
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=10)
+        async with session.get(
+            url,
+            headers=self._headers(None),
+            proxy=self._configuration.proxy or None,
+            server_hostname=self._configuration.tls_server_name or None,
+            timeout=timeout,
+        ) as resp:
+            if resp.status != 200:
+                message, reason = _status_message(await resp.read())
+                raise _api_error(resp.status, message, reason or resp.reason or "")
+            while True:
+                line = await resp.content.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                yield str(event.get("type") or ""), dict(event.get("object") or {})
+
+    def _watch_http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("KubeApi is closed")
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context(self._configuration)),
+                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+            )
+        return self._watch_session
+
     # -- the rare calls: the official client in a thread pool ---------------------------
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -436,6 +545,9 @@ class KubeApi:
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
+        watches, self._watch_session = self._watch_session, None
+        if watches is not None and not watches.closed:
+            await watches.close()
         self.close()
 
     def close(self) -> None:
@@ -447,6 +559,9 @@ class KubeApi:
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+        watches, self._watch_session = self._watch_session, None
+        if watches is not None and not watches.closed:
+            watches.detach()
         session, self._session = self._session, None
         loop, self._session_loop = self._session_loop, None
         if session is None or session.closed or loop is None or loop.is_closed():

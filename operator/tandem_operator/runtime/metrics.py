@@ -39,6 +39,10 @@ The metrics (prefix ``tandem_automation_``):
   beyond a schedule's history limits), ``ttl`` (B20b, ``ttlSecondsAfterFinished`` or
   ``TANDEM_FINISHED_RUN_TTL_SECONDS`` after ``finishedAt``). A delete answered 404 counts
   nothing.
+- ``pods_total{event}``: Pods of container attempts (``execution.container``) this process
+  ``created``, ``adopted`` (an in-progress attempt's Pod found after a restart or a
+  failover, C5) and ``deleted`` (an attempt cancelled or reaped, or an ended attempt's Pod
+  cleaned up).
 - ``transition_latency_seconds`` (histogram): for each stored status write whose decision
   carries at least one lifecycle record, the seconds from the *first trigger* of that
   reconcile to the end of the write. A trigger is anything that asks for a reconcile of
@@ -86,6 +90,9 @@ from tandem_operator.api.vocabulary import (
 from tandem_operator.lifecycle.contract import AttemptOutcome, Decision
 
 log = logging.getLogger(__name__)
+
+POD_EVENTS = ("created", "adopted", "deleted")
+"""``execution.container.PodEvent`` values: the ``event`` label of ``pods_total``."""
 
 PREFIX = "tandem_automation_"
 PHASES: tuple[str, ...] = ALL_PHASES
@@ -253,6 +260,14 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.pods = Counter(
+            f"{PREFIX}pods",
+            "Pods of container attempts created, adopted and deleted by this process",
+            ["event"],
+            registry=self.registry,
+        )
+        for event in POD_EVENTS:
+            self.pods.labels(event=event)
         for reason in AUTO_RESUME_REASONS:
             self.auto_resumes.labels(reason=reason)
         for skip in SKIP_REASONS:
@@ -293,6 +308,11 @@ class OperatorMetrics:
         """
         for kind, outcome in outcomes:
             self.attempts.labels(executor=kind, status=attempt_status(outcome)).inc()
+
+    def pod_event(self, event: str) -> None:
+        """A container attempt's Pod was created, adopted or deleted."""
+        if event in POD_EVENTS:
+            self.pods.labels(event=event).inc()
 
     def status_write_conflict(self) -> None:
         self.write_conflicts.inc()

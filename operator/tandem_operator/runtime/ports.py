@@ -37,6 +37,14 @@ class KubeClient(Protocol):
     async def read_secret_key(self, *, namespace: str, name: str, key: str) -> str | None: ...
 
 
+class PodReader(Protocol):
+    """The Pod calls of C5 adoption (``runtime.kubeapi.KubeApi`` implements them)."""
+
+    async def list_pods(self, *, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
+    async def delete_pod(self, *, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+
 class Clock(Protocol):
     """Wall-clock milliseconds (rules) and monotonic seconds (latency metrics)."""
 

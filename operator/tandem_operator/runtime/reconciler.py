@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,12 @@ from tandem_operator.api.vocabulary import (
     holds_workspace,
     may_be_requeued,
     waits_for_admission,
+)
+from tandem_operator.execution.container import (
+    LABEL_ATTEMPT,
+    LABEL_NODE,
+    pod_name,
+    run_selector,
 )
 from tandem_operator.execution.registry import ExecutorRegistry, Target
 from tandem_operator.execution.runner import AttemptRunner
@@ -45,7 +52,7 @@ from tandem_operator.runtime.events import cut_to_bytes
 from tandem_operator.runtime.kubeapi import Conflict, Gone, Invalid, merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.observation import definition_of, overrides_in, parse_run
-from tandem_operator.runtime.ports import Clock, EventSink, KubeClient, Membership
+from tandem_operator.runtime.ports import Clock, EventSink, KubeClient, Membership, PodReader
 from tandem_operator.runtime.store import CachedRun, RunKey, Store, resource_version
 from tandem_operator.runtime.workqueue import WorkQueue
 
@@ -84,6 +91,7 @@ class Reconciler:
         executors: ExecutorRegistry,
         clock: Clock,
         metrics: OperatorMetrics | None = None,
+        pods: PodReader | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -97,7 +105,10 @@ class Reconciler:
         self.queue = WorkQueue(self.reconcile, clock=clock)
         self.queue.alive = lambda key: key in self.store.runs
         self.queue.gone = self.forget
-        self.runner = AttemptRunner(self._on_outcome, clock=clock.now_ms)
+        self.pods = pods
+        """Where C5 looks for Pods of in-progress attempts; ``None``: attempts never outlive
+        this process."""
+        self.runner = AttemptRunner(self._on_outcome, clock=clock.now_ms, on_usage=self._on_usage)
         self.primed = False
         """True once this leader has listed every watched object."""
         self.shutting_down = False
@@ -127,6 +138,26 @@ class Reconciler:
 
     async def _on_outcome(self, key: RunKey) -> None:
         self.kick(key)
+
+    def _on_usage(self, key: RunKey) -> None:
+        """B21: an in-flight attempt reported usage; reconcile at once if it crosses a budget."""
+        parsed = self._parsed.get(key)
+        if parsed is None or parsed.definition is None:
+            self.kick(key)
+            return
+        ex = parsed.definition.execution
+        if ex.max_total_tokens is None and ex.max_total_cost_usd is None:
+            return
+        prompt, completion = self.runner.in_flight_usage(key)
+        tokens = parsed.status.usage.total_tokens + prompt + completion
+        cost = (
+            Decimal(parsed.status.usage.estimated_cost_usd or "0")
+            + Decimal(prompt + completion) / 1000 * self.settings.token_cost_per_1k_usd
+        )
+        if (ex.max_total_tokens is not None and tokens > ex.max_total_tokens) or (
+            ex.max_total_cost_usd is not None and cost > Decimal(ex.max_total_cost_usd)
+        ):
+            self.kick(key)
 
     # -- the reconcile ----------------------------------------------------------------
 
@@ -172,6 +203,9 @@ class Reconciler:
             return
         body, spec, status, definition, definition_error = inputs
         meta = body.get("metadata", {})
+        adopted = await self._adoptable(key, meta, status, definition)
+        in_flight = self.runner.in_flight(key)
+        prompt, completion = self.runner.in_flight_usage(key)
         now = self.clock.now_ms()
         obs = Observation(
             now_ms=now,
@@ -186,7 +220,10 @@ class Reconciler:
             admission=self._verdict(run, now),
             overrides=overrides_in(self.store, key[0], now),
             outcomes=self.runner.outcomes(key),
-            in_flight=self.runner.in_flight(key),
+            in_flight=in_flight | adopted,
+            adopted=adopted,
+            in_flight_tokens=prompt + completion,
+            waiting=self.runner.waiting(key),
             last_activity_ms=self.runner.last_activity_ms(key),
             shutting_down=self.shutting_down,
         )
@@ -226,7 +263,68 @@ class Reconciler:
             # reconcile it again at this version); a parked or finished run keeps none:
             # only a new version (a spec change) moves it.
             self._parsed.pop(key, None)
-        await self._act(key, body, decision, definition, spec)
+        await self._act(key, body, decision, definition, spec, adopted=adopted, observed=status)
+
+    async def _adoptable(
+        self,
+        key: RunKey,
+        meta: Mapping[str, Any],
+        status: AutomationRunStatus | None,
+        definition: AutomationSpec | None,
+    ) -> frozenset[str]:
+        """C5: in-progress container attempts not followed here whose Pod still exists.
+
+        Asked only of a Running or Pausing run claimed by another operator instance (after
+        a restart or a failover) with an in-progress container node that no attempt of this
+        process follows or reported: one list of the run's Pods by label. A run this
+        instance claims never looks: its attempts are all followed here, and the Pod of an
+        ended attempt kept for its logs must not be read twice.
+        """
+        if (
+            self.pods is None
+            or self.shutting_down
+            or status is None
+            or not holds_workspace(status.phase)
+            or (
+                status.execution_claim is not None
+                and status.execution_claim.claimant == self.identity
+            )
+        ):
+            return frozenset()
+        cp = status.checkpoint
+        followed = self.runner.in_flight(key) | {o.node_id for o in self.runner.outcomes(key)}
+        blocked = set(cp.blocked_nodes)
+        candidates = {
+            n: cp.node_attempts[n]
+            for n in cp.pending_nodes
+            if n not in blocked
+            and cp.node_attempts.get(n, 0) > 0
+            and n not in cp.node_outputs
+            and n not in followed
+            and self._kind_name(key, definition, n) == "container"
+        }
+        if not candidates:
+            return frozenset()
+        try:
+            pods = await self.pods.list_pods(namespace=key[0], label_selector=run_selector(key[1]))
+        except Exception as exc:
+            log.warning("Listing Pods failed run=%s/%s error=%s", *key, exc)
+            return frozenset()
+        uid = str(meta.get("uid") or "")
+        found = set()
+        for pod in pods:
+            pod_meta = pod.get("metadata") or {}
+            labels = pod_meta.get("labels") or {}
+            node = labels.get(LABEL_NODE)
+            owners = {o.get("uid") for o in pod_meta.get("ownerReferences") or []}
+            if (
+                node in candidates
+                and labels.get(LABEL_ATTEMPT) == str(candidates[node])
+                and uid in owners
+                and not pod_meta.get("deletionTimestamp")
+            ):
+                found.add(node)
+        return frozenset(found)
 
     async def _inputs(
         self, key: RunKey, run: CachedRun
@@ -322,11 +420,16 @@ class Reconciler:
         decision: Decision,
         definition: AutomationSpec | None,
         spec: AutomationRunSpec,
+        *,
+        adopted: frozenset[str] = frozenset(),
+        observed: AutomationRunStatus | None = None,
     ) -> None:
         for event in decision.events:
             self.events(body, event)
         self._count_outcomes(key, decision.consumed, definition)
         self.runner.consume(key, decision.consumed)
+        if adopted and definition is not None and observed is not None:
+            await self._follow_adopted(key, body, decision, spec, definition, adopted, observed)
         if decision.cancel:
             self.runner.cancel(key, decision.cancel)
         if decision.start and definition is not None:
@@ -396,6 +499,42 @@ class Reconciler:
             self.kick(key)
             return
         self.runner.start(key, request, executor)
+
+    async def _follow_adopted(
+        self,
+        key: RunKey,
+        body: Mapping[str, Any],
+        decision: Decision,
+        spec: AutomationRunSpec,
+        definition: AutomationSpec,
+        adopted: frozenset[str],
+        observed: AutomationRunStatus,
+    ) -> None:
+        """C5: follow the adopted attempts again (their executor finds the Pod and reads
+        its result), or stop them when the decision ended them (their Pod goes)."""
+        cp = decision.status.checkpoint
+        for node_id in sorted(adopted):
+            attempt = observed.checkpoint.node_attempts.get(node_id, 0)
+            keep = (
+                holds_workspace(decision.status.phase)
+                and node_id not in decision.cancel
+                and cp.node_attempts.get(node_id) == attempt
+                and node_id not in cp.node_outputs
+            )
+            if keep:
+                start = StartAttempt(node_id=node_id, attempt=attempt)
+                await self._start_attempt(key, body, decision, spec, definition, start)
+                continue
+            target = _target(key, definition, node_id)
+            if target is None or self.pods is None:
+                continue
+            name = pod_name(key[1], node_id, attempt)
+            try:
+                await self.pods.delete_pod(namespace=key[0], name=name)
+            except Exception as exc:
+                log.warning("Could not delete Pod pod=%s/%s error=%s", key[0], name, exc)
+            else:
+                self.metrics.pod_event("deleted")
 
     # -- ExecutorContext: what executor kinds may read ------------------------------------
 
@@ -494,7 +633,8 @@ class Reconciler:
         self.primed = False
         self._parsed.clear()
         for key in list(self.store.runs):
-            self.runner.cancel(key)
+            # Attempts that outlive this process (Pods) run on for the next leader (C5).
+            self.runner.cancel(key, detach=True)
 
 
 def _keeps_models(status: AutomationRunStatus) -> bool:
