@@ -272,7 +272,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
 ]
 
-CEL_AND_SCHEMA_CASES = 18
+CEL_AND_SCHEMA_CASES = 21
 """Invalid run manifests in ``test_api_surface.INVALID``."""
 WEBHOOK_CASES = 6
 """Manifests the admission webhook refuses in ``test_admission_webhook``."""
