@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fakes import FakeClock, apply_merge_patch, run_async
 
 from tandem_operator.api.settings import Settings
 from tandem_operator.execution.registry import ExecutorContext, ExecutorRegistry, Target
@@ -31,17 +32,6 @@ KEY = (NS, NAME)
 
 
 # ------------------------------------------------------------------------------ the fakes
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = T0
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
 
 
 @dataclass
@@ -86,7 +76,7 @@ class FakeApi:
             self.log.append(("patch-conflict", resource_version))
             raise Conflict(409, "the object has been modified")
         body = copy.deepcopy(current)
-        body["status"] = _apply_merge(body.get("status") or {}, dict(status_patch))
+        body["status"] = apply_merge_patch(body.get("status") or {}, dict(status_patch))
         stored = self.put(body)
         self.log.append(("patch", copy.deepcopy(stored["status"])))
         return stored
@@ -101,18 +91,6 @@ class FakeApi:
 
     def status(self) -> dict[str, Any]:
         return dict(self.objects[KEY].get("status") or {})
-
-
-def _apply_merge(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(old)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _apply_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 class FakeMembership:
@@ -201,7 +179,7 @@ def run_body(nodes: int = 1) -> dict[str, Any]:
 def world(nodes: int = 1) -> World:
     log: list[tuple[str, Any]] = []
     api = FakeApi(log=log)
-    clock = FakeClock()
+    clock = FakeClock(T0)
     kind = FakeKind(log)
     events: list[Event] = []
     store = Store(capacity=4)
@@ -218,16 +196,6 @@ def world(nodes: int = 1) -> World:
     reconciler.primed = True
     store.observe("runs", api.put(run_body(nodes)))
     return World(api=api, clock=clock, kind=kind, events=events, reconciler=reconciler, log=log)
-
-
-def run_async(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Run an async test on a fresh event loop (no plugin needed)."""
-
-    @functools.wraps(test)
-    def wrapper() -> None:
-        asyncio.run(test())
-
-    return wrapper
 
 
 def effects(log: list[tuple[str, Any]]) -> list[str]:

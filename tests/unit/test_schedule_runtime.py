@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fakes import FakeClock, apply_merge_patch, run_async
 
 from tandem_operator.api.settings import Settings
 from tandem_operator.lifecycle.clock import format_ms
@@ -28,17 +29,6 @@ from tandem_operator.runtime.workqueue import WorkQueue
 T0 = 1_800_000_000_000  # a multiple of 10 s
 NS = "team-a"
 GROUP_VERSION = "automation.tandem.dev/v1alpha1"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = T0 + 3_000
-
-    def now_ms(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.ms / 1000
 
 
 @dataclass
@@ -112,20 +102,8 @@ class FakeApi:
             self.lose_next_status_write = False
             raise TimeoutError("the write was lost")
         status = current.get("status") or {}
-        current["status"] = _apply(status, dict(status_patch))
+        current["status"] = apply_merge_patch(status, dict(status_patch))
         return self.put(plural, current)
-
-
-def _apply(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(old)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _apply(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass
@@ -153,7 +131,7 @@ class World:
 def world(*, ttl: int | None = None) -> World:
     api = FakeApi()
     store = Store(capacity=8)
-    clock = FakeClock()
+    clock = FakeClock(T0 + 3_000)
     events: list[tuple[str, Event]] = []
     metrics = OperatorMetrics()
     schedules = Schedules(
@@ -180,14 +158,6 @@ def automation(**schedule: Any) -> dict[str, Any]:
             "schedule": {"cron": "@every 10s", **schedule},
         },
     }
-
-
-def run_async(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    @functools.wraps(test)
-    def wrapper() -> None:
-        asyncio.run(test())
-
-    return wrapper
 
 
 async def plan(w: World) -> None:
@@ -386,7 +356,7 @@ async def test_the_work_queue_keeps_nothing_for_keys_that_are_gone() -> None:
         async with queue.lock(key):
             seen.append(key)
 
-    queue = WorkQueue(handler, clock=FakeClock())
+    queue = WorkQueue(handler, clock=FakeClock(T0 + 3_000))
     queue.alive = lambda key: key in alive
     gone: list[tuple[str, str]] = []
     queue.gone = gone.append
