@@ -1,6 +1,6 @@
 """Schedules and retention at run time against a fake API and a fake clock.
 
-The plans themselves are tested in test_schedules.py; these tests prove how the runtime
+The plans themselves are tested in test_schedule_plan.py; these tests prove how the runtime
 applies them: the order of writes, 409 and 404 as success, the Events posted only after the
 status is stored, the time to live computed from finishedAt, and a store and work queues
 that forget deleted objects.
