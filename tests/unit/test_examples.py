@@ -11,7 +11,7 @@ import yaml
 
 from tandem_operator.api.crdgen import KINDS
 from tandem_operator.api.models import API_VERSION, AutomationResourceSpec
-from tandem_operator.scheduling.schedules import schedule_problem
+from tandem_operator.scheduling.cron import schedule_problem
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 SPECS = {kind.kind: kind.spec for kind in KINDS}

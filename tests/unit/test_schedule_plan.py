@@ -23,27 +23,31 @@ from tandem_operator.api.models import (
     Schedule,
 )
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
-from tandem_operator.scheduling.schedules import (
+from tandem_operator.scheduling.cron import (
+    ScheduleError,
+    count_dues,
+    latest_due,
+    next_due,
+    parse_schedule,
+    schedule_problem,
+)
+from tandem_operator.scheduling.retention import ttl_due
+from tandem_operator.scheduling.runs import (
     AUTOMATION_LABEL,
+    SCHEDULED_AT_ANNOTATION,
+    ScheduledAutomation,
+    ScheduledRun,
+    automation_label_value,
+    run_name,
+)
+from tandem_operator.scheduling.schedules import (
     EVENT_INVALID,
     EVENT_MISSED,
     EVENT_REPLACED,
     EVENT_SKIPPED,
     MISSED_COUNT_LIMIT,
-    SCHEDULED_AT_ANNOTATION,
-    ScheduledAutomation,
-    ScheduledRun,
-    ScheduleError,
     SchedulePlan,
-    automation_label_value,
-    count_dues,
-    latest_due,
-    next_due,
-    parse_schedule,
     plan_schedule,
-    run_name,
-    schedule_problem,
-    ttl_due,
 )
 
 MINUTE = 60_000

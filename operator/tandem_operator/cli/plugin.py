@@ -62,7 +62,7 @@ from tandem_operator.lifecycle.approvals import approvals_so_far
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.gates import undecided
 from tandem_operator.runtime.ports import wall_ms
-from tandem_operator.scheduling.schedules import AUTOMATION_LABEL, automation_label_value
+from tandem_operator.scheduling.runs import AUTOMATION_LABEL, automation_label_value
 
 KIND = "automationrun"
 PLURAL = "automationruns"

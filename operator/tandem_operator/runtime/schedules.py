@@ -48,14 +48,13 @@ from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, EventSink
 from tandem_operator.runtime.store import CachedRun, RunKey, Store
 from tandem_operator.runtime.workqueue import WorkQueue
+from tandem_operator.scheduling.retention import ttl_due
+from tandem_operator.scheduling.runs import ScheduledAutomation, ScheduledRun
 from tandem_operator.scheduling.schedules import (
     EVENT_MISSED,
     EVENT_SKIPPED,
-    ScheduledAutomation,
-    ScheduledRun,
     SchedulePlan,
     plan_schedule,
-    ttl_due,
 )
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any
 
 from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.scheduling.admission import AdmissionQueue, FlowFacts, Waiting, workspace_root
-from tandem_operator.scheduling.schedules import SCHEDULED_AT_ANNOTATION
+from tandem_operator.scheduling.runs import SCHEDULED_AT_ANNOTATION
 
 RunKey = tuple[str, str]
 

@@ -8,25 +8,10 @@ The runtime applies it (see "What the runtime does with a plan" below) and plans
 the Automation or one of its runs changes, or at ``requeue_at_ms``. Planning again from the
 state a plan produced changes nothing: no run, no Event, the same status.
 
-Due times
----------
-``cron`` is five fields (minute hour day-of-month month day-of-week, evaluated by
-``cronsim`` with Debian cron's rules: names, ranges, steps, ``L``, and "either day field" when
-both are restricted), or a shorthand (``@hourly`` = ``0 * * * *``, ``@daily`` = ``0 0 * * *``,
-``@weekly`` = ``0 0 * * 0``, ``@monthly`` = ``0 0 1 * *``), or ``@every <n>s|m|h``. Cron
-fields are matched against the wall clock of ``timeZone``; ``@every`` is due at each whole
-multiple of the interval since the Unix epoch, so its due times never depend on when an
-operator started (a CronJob's ``@every`` counts from its last run instead).
-
-Daylight saving time. Kubernetes' CronJob controller (``robfig/cron/v3``, ``SpecSchedule.Next``)
-steps through hours in absolute time, so when clocks go forward a local time that does not
-exist is never matched: ``30 2 * * *`` in Europe/Berlin does not run on the last Sunday of
-March. We do the same: a due time whose wall-clock time does not exist is skipped. When
-clocks go back, CronJob matches the repeated wall-clock time twice and starts two Jobs
-(kubernetes/kubernetes#121594, open); that breaks "one run per due time" as users read it, so
-here a wall-clock time that occurs twice is due once, at its first occurrence (as in Debian
-cron, which does not re-run jobs in a repeated hour). ``@every`` is counted in absolute time
-and is unaffected by either.
+The parts it is made of are modules of their own: ``scheduling.cron`` parses the schedule
+and computes its due times (cron fields, shorthands, ``@every``, daylight saving time);
+``scheduling.runs`` names the runs and writes the manifest of a new one; ``scheduling.retention``
+picks the runs past the history limits and says when a finished run's time to live ends.
 
 Which due times a plan acts on
 ------------------------------
@@ -51,13 +36,13 @@ adding a schedule to an old Automation does not start a run for a time long past
   ``ScheduleSkipped``); ``Replace`` also asks to cancel (``desiredState: Cancelled``) every
   non-terminal run not already asked to.
 - **B19a one run per due time.** The run's name is derived from its due time
-  (:func:`run_name`), and runs carry the due time in an annotation. A run that already exists
+  (``runs.run_name``), and runs carry the due time in an annotation. A run that already exists
   for a due time (its status write was lost) counts as created: no second run, no skip.
 - **B20a history.** Terminal runs of the schedule beyond ``successfulRunsHistoryLimit``
   (Completed) and ``failedRunsHistoryLimit`` (Failed, Blocked, Cancelled) are deleted, oldest
   first by ``finishedAt``. Only runs the Automation controls (ownerReference with
   ``controller: true`` and its uid) count; runs that merely reference it are not its.
-- **B20b time to live.** :func:`ttl_due` says when a finished run is to be deleted: its
+- **B20b time to live.** ``retention.ttl_due`` says when a finished run is to be deleted: its
   ``finishedAt`` plus ``ttlSecondsAfterFinished`` (or the operator's default). It is computed
   from the recorded ``finishedAt``, so a restart neither resets nor forgets the countdown.
 
@@ -77,32 +62,27 @@ write is recovered from the runs themselves. The plan needs the Automation's spe
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cronsim import CronSim, CronSimError
-
-from tandem_operator.api.models import (
-    API_VERSION,
-    TERMINAL_PHASES,
-    AutomationResourceSpec,
-    AutomationRunSpec,
-    AutomationRunStatus,
-    AutomationStatus,
-    Condition,
-    ConditionStatus,
-    Schedule,
-)
+from tandem_operator.api.models import AutomationStatus, Condition, ConditionStatus
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
-
-AUTOMATION_LABEL: Final = "automation.tandem.dev/automation"
-"""Label on every run a schedule creates: the Automation's name (shortened past 63)."""
-SCHEDULED_AT_ANNOTATION: Final = "automation.tandem.dev/scheduled-at"
-"""Annotation on every run a schedule creates: its due time, RFC 3339 in UTC."""
+from tandem_operator.scheduling.cron import (
+    ParsedSchedule,
+    ScheduleError,
+    count_dues,
+    latest_due,
+    next_due,
+    parse_schedule,
+)
+from tandem_operator.scheduling.retention import beyond_history
+from tandem_operator.scheduling.runs import (
+    ScheduledAutomation,
+    ScheduledRun,
+    run_manifest,
+    run_order,
+)
 
 EVENT_SKIPPED: Final = "ScheduleSkipped"
 """Normal Event: Forbid skipped a due time because a run of the schedule was not terminal."""
@@ -117,294 +97,10 @@ REASON_SCHEDULED: Final = "Scheduled"
 REASON_SUSPENDED: Final = "Suspended"
 REASON_NO_SCHEDULE: Final = "NoSchedule"
 
-MAX_NAME: Final = 63
 MISSED_COUNT_LIMIT: Final = 1000
 """Missed due times counted one by one for the ScheduleMissed message before saying "more"."""
-_SCAN_LIMIT: Final = 100_000
-"""Candidates examined for one answer; far more than any real expression needs."""
-
-SHORTHANDS: Final[Mapping[str, str]] = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-}
-_EVERY_UNITS: Final[Mapping[str, int]] = {"s": 1, "m": 60, "h": 3600}
-_MAX_EVERY_SECONDS: Final = 366 * 24 * 3600
-
-SUCCESSFUL_PHASES: Final = frozenset({"Completed"})
-FAILED_PHASES: Final = frozenset({"Failed", "Blocked", "Cancelled"})
 
 EventType = Literal["Normal", "Warning"]
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot be used; the message names the field and says why."""
-
-
-# ------------------------------------------------------------------------ parsing, validation
-
-
-@dataclass(frozen=True)
-class ParsedSchedule:
-    """A schedule ready to compute due times: a cron expression or a fixed interval."""
-
-    zone: ZoneInfo
-    expression: str | None = None
-    """Five cron fields (shorthands expanded); ``None`` for ``@every``."""
-    every_ms: int | None = None
-    """The ``@every`` interval in milliseconds; ``None`` for cron."""
-
-
-def parse_schedule(schedule: Schedule) -> ParsedSchedule:
-    """Check what the schema cannot (field ranges, a real zone); raise :class:`ScheduleError`."""
-    zone = _zone(schedule.time_zone)
-    text = schedule.cron.strip()
-    if text.startswith("@every"):
-        return ParsedSchedule(zone=zone, every_ms=_every_seconds(text) * 1000)
-    if text.startswith("@"):
-        if text not in SHORTHANDS:
-            raise ScheduleError(
-                f"spec.schedule.cron: unknown shorthand {text!r}; use one of "
-                f"{', '.join(SHORTHANDS)} or @every <n>s|m|h"
-            )
-        text = SHORTHANDS[text]
-    fields = text.split()
-    if len(fields) != 5:
-        raise ScheduleError(
-            f"spec.schedule.cron: {schedule.cron!r} has {len(fields)} fields; a cron "
-            "expression has five: minute hour day-of-month month day-of-week"
-        )
-    expression = " ".join(fields)
-    try:
-        CronSim(expression, datetime(2000, 1, 1))
-    except CronSimError as exc:
-        raise ScheduleError(
-            f"spec.schedule.cron: {schedule.cron!r} is not a valid cron expression: "
-            f"{str(exc).lower()}"
-        ) from None
-    return ParsedSchedule(zone=zone, expression=expression)
-
-
-def schedule_problem(schedule: Schedule) -> str | None:
-    """Why the schedule cannot be used, or ``None``: for the admission webhook and Stalled."""
-    try:
-        parse_schedule(schedule)
-    except ScheduleError as exc:
-        return str(exc)
-    return None
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(
-            f"spec.schedule.timeZone: {name!r} is not a known IANA time zone "
-            "(such as UTC or Europe/Berlin)"
-        ) from None
-
-
-def _every_seconds(text: str) -> int:
-    parts = text.split()
-    amount, unit = (parts[1][:-1], parts[1][-1:]) if len(parts) == 2 else ("", "")
-    if not amount.isdigit() or unit not in _EVERY_UNITS or int(amount) < 1:
-        raise ScheduleError(
-            f"spec.schedule.cron: {text!r} is not @every <n>s|m|h with a whole n of at least 1"
-        )
-    seconds = int(amount) * _EVERY_UNITS[unit]
-    if seconds > _MAX_EVERY_SECONDS:
-        raise ScheduleError(f"spec.schedule.cron: {text!r} is longer than 366 days")
-    return seconds
-
-
-# ------------------------------------------------------------------------ due times
-
-
-def next_due(schedule: Schedule | ParsedSchedule, after_ms: int) -> int | None:
-    """The first due time strictly after ``after_ms``; ``None`` if there is none within 50 years.
-
-    Raises :class:`ScheduleError` for a schedule that cannot be used.
-    """
-    parsed = schedule if isinstance(schedule, ParsedSchedule) else parse_schedule(schedule)
-    return next(_dues(parsed, after_ms), None)
-
-
-def _dues(parsed: ParsedSchedule, after_ms: int) -> Iterator[int]:
-    """Due times strictly after ``after_ms``, in order (UTC milliseconds)."""
-    if parsed.every_ms is not None:
-        step = parsed.every_ms
-        due = (after_ms // step + 1) * step
-        while True:
-            yield due
-            due += step
-    assert parsed.expression is not None
-    zone = parsed.zone
-    local = datetime.fromtimestamp(after_ms / 1000, tz=UTC).astimezone(zone)
-    # Walk wall-clock times (naive datetimes: no DST arithmetic in cronsim), then place each
-    # in the zone. Starting at the wall-clock time of ``after_ms`` misses nothing: with the
-    # first-occurrence rule no due instant later than ``after_ms`` has an earlier wall time.
-    start = local.replace(tzinfo=None, microsecond=0, fold=0)
-    walls = CronSim(parsed.expression, start)
-    for _ in range(_SCAN_LIMIT):
-        try:
-            wall = next(walls)
-        except StopIteration:
-            return
-        instant = _first_occurrence(wall, zone)
-        if instant is None:
-            continue  # a wall-clock time that does not exist that day: skipped (CronJob)
-        due = int(instant.timestamp()) * 1000
-        if due > after_ms:
-            yield due
-
-
-def _first_occurrence(wall: datetime, zone: ZoneInfo) -> datetime | None:
-    """The first instant whose wall-clock time in ``zone`` is ``wall``; ``None`` in a gap."""
-    candidate = wall.replace(tzinfo=zone, fold=0)
-    if candidate.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall:
-        return None
-    return candidate
-
-
-def latest_due(parsed: ParsedSchedule, *, after_ms: int, until_ms: int) -> int | None:
-    """The last due time in ``(after_ms, until_ms]``, or ``None``."""
-    if until_ms <= after_ms:
-        return None
-    if parsed.every_ms is not None:
-        due = until_ms // parsed.every_ms * parsed.every_ms
-        return due if due > after_ms else None
-    # Look back over growing windows so that a long outage costs no more than a short one.
-    for span in (_HOUR_MS, 2 * _DAY_MS, 35 * _DAY_MS, 400 * _DAY_MS, 60 * 366 * _DAY_MS):
-        start = max(after_ms, until_ms - span)
-        found = None
-        for due in _dues(parsed, start):
-            if due > until_ms:
-                break
-            found = due
-        if found is not None or start == after_ms:
-            return found
-    return None
-
-
-def count_dues(parsed: ParsedSchedule, *, after_ms: int, before_ms: int, limit: int) -> int:
-    """How many due times lie in ``(after_ms, before_ms)``, counting at most ``limit``."""
-    if before_ms <= after_ms:
-        return 0
-    if parsed.every_ms is not None:
-        step = parsed.every_ms
-        first = (after_ms // step + 1) * step
-        return 0 if first >= before_ms else min(limit, (before_ms - 1 - first) // step + 1)
-    count = 0
-    for due in _dues(parsed, after_ms):
-        if due >= before_ms or count >= limit:
-            break
-        count += 1
-    return count
-
-
-_HOUR_MS: Final = 3_600_000
-_DAY_MS: Final = 24 * _HOUR_MS
-
-
-# ------------------------------------------------------------------------ names
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def run_name(automation: str, due_ms: int) -> str:
-    """``<automation>-<yyyymmddhhmmss>`` of the due time in UTC, at most 63 characters.
-
-    Past 63 characters the Automation's name is cut and a hash of the whole name added
-    (``<cut>-<hash8>-<stamp>``), so two Automations never share a run name for one due time.
-    """
-    stamp = datetime.fromtimestamp(due_ms // 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
-    name = f"{automation}-{stamp}"
-    if len(name) <= MAX_NAME:
-        return name
-    digest = _digest(automation)
-    keep = MAX_NAME - len(stamp) - len(digest) - 2
-    return f"{automation[:keep].rstrip('-.')}-{digest}-{stamp}"
-
-
-def automation_label_value(automation: str) -> str:
-    """The Automation's name as a label value: itself, or cut with a hash past 63 characters."""
-    if len(automation) <= MAX_NAME:
-        return automation
-    digest = _digest(automation)
-    return f"{automation[: MAX_NAME - len(digest) - 1].rstrip('-.')}-{digest}"
-
-
-# ------------------------------------------------------------------------ inputs
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScheduledAutomation:
-    """What a plan needs of the Automation."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None
-    spec: AutomationResourceSpec
-    status: AutomationStatus
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> ScheduledAutomation:
-        meta = obj.get("metadata") or {}
-        return cls(
-            name=meta.get("name", ""),
-            namespace=meta.get("namespace", ""),
-            uid=meta.get("uid", ""),
-            generation=meta.get("generation"),
-            spec=AutomationResourceSpec.model_validate(obj.get("spec") or {}),
-            status=AutomationStatus.model_validate(obj.get("status") or {}),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScheduledRun:
-    """What a plan needs of one AutomationRun."""
-
-    name: str
-    owner_uid: str | None = None
-    """uid of the controller ownerReference of kind Automation, if any."""
-    phase: str | None = None
-    desired_state: str = "Running"
-    created_at_ms: int | None = None
-    finished_at_ms: int | None = None
-    scheduled_at_ms: int | None = None
-    """The due time this run was created for (annotation), if a schedule created it."""
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in TERMINAL_PHASES
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> ScheduledRun:
-        meta = obj.get("metadata") or {}
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
-        owner = next(
-            (
-                ref.get("uid")
-                for ref in meta.get("ownerReferences") or ()
-                if ref.get("controller") and ref.get("kind") == "Automation"
-            ),
-            None,
-        )
-        annotations = meta.get("annotations") or {}
-        return cls(
-            name=meta.get("name", ""),
-            owner_uid=owner,
-            phase=status.get("phase"),
-            desired_state=spec.get("desiredState") or "Running",
-            created_at_ms=parse_ms(meta.get("creationTimestamp")),
-            finished_at_ms=parse_ms(status.get("finishedAt")),
-            scheduled_at_ms=parse_ms(annotations.get(SCHEDULED_AT_ANNOTATION)),
-        )
 
 
 # ------------------------------------------------------------------------ the plan
@@ -435,51 +131,13 @@ class SchedulePlan:
     """When to plan again even if nothing changes; ``None``: only on a change."""
 
 
-def run_manifest(automation: ScheduledAutomation, due_ms: int) -> dict[str, Any]:
-    """The AutomationRun a schedule creates for one due time (B19a)."""
-    schedule = automation.spec.schedule
-    template = schedule.run_template if schedule is not None else None
-    labels = dict(template.labels or {}) if template else {}
-    labels[AUTOMATION_LABEL] = automation_label_value(automation.name)
-    annotations = dict(template.annotations or {}) if template else {}
-    annotations[SCHEDULED_AT_ANNOTATION] = format_ms(due_ms)
-    spec = AutomationRunSpec.model_validate(
-        {
-            "automationRef": {"name": automation.name},
-            "triggerType": "scheduled",
-            "runtimeContext": template.runtime_context if template else None,
-        }
-    )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AutomationRun",
-        "metadata": {
-            "name": run_name(automation.name, due_ms),
-            "namespace": automation.namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "Automation",
-                    "name": automation.name,
-                    "uid": automation.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True),
-    }
-
-
 def plan_schedule(
     *, automation: ScheduledAutomation, runs: Sequence[ScheduledRun], now_ms: int
 ) -> SchedulePlan:
     """Decide what the Automation's schedule does at ``now_ms`` (B19a–B19d, B20a)."""
     owned = sorted(
         (r for r in runs if r.owner_uid == automation.uid and automation.uid),
-        key=_run_order,
+        key=run_order,
     )
     schedule = automation.spec.schedule
     old = automation.status
@@ -534,7 +192,7 @@ def plan_schedule(
         old.last_run_name,
     )
 
-    delete = _beyond_history(
+    delete = beyond_history(
         owned,
         successful=schedule.successful_runs_history_limit,
         failed=schedule.failed_runs_history_limit,
@@ -632,11 +290,6 @@ def _act_on_due(
     )
 
 
-def _run_order(run: ScheduledRun) -> tuple[int, int, str]:
-    due = run.scheduled_at_ms if run.scheduled_at_ms is not None else run.created_at_ms
-    return (due if due is not None else 0, run.created_at_ms or 0, run.name)
-
-
 def _active(owned: Sequence[ScheduledRun]) -> list[ScheduledRun]:
     return [r for r in owned if not r.terminal]
 
@@ -671,19 +324,6 @@ def _missed_event(
         f"skipped {number} missed schedule {noun} after {format_ms(after_ms)} "
         f"(latest due {format_ms(latest_ms)}, {(now_ms - latest_ms) // 1000}s ago{why})",
     )
-
-
-def _beyond_history(owned: Sequence[ScheduledRun], *, successful: int, failed: int) -> list[str]:
-    """B20a: terminal runs past the limits, oldest first by finishedAt."""
-
-    def finished_order(run: ScheduledRun) -> tuple[int, tuple[int, int, str]]:
-        return (run.finished_at_ms or 0, _run_order(run))
-
-    delete: list[str] = []
-    for phases, limit in ((SUCCESSFUL_PHASES, successful), (FAILED_PHASES, failed)):
-        ended = sorted((r for r in owned if r.phase in phases), key=finished_order)
-        delete.extend(r.name for r in ended[: max(0, len(ended) - limit)])
-    return delete
 
 
 def _condition(conditions: Sequence[Condition], kind: str) -> Condition | None:
@@ -743,27 +383,3 @@ class _Status:
             last_transition_time=since,
             observed_generation=self.automation.generation,
         )
-
-
-# ------------------------------------------------------------------------ time to live (B20b)
-
-
-def ttl_due(
-    spec: AutomationRunSpec, status: AutomationRunStatus, default_ttl_seconds: int | None
-) -> int | None:
-    """When a finished run is to be deleted (ms; may be in the past), or ``None`` to keep it.
-
-    ``spec.ttlSecondsAfterFinished`` wins over ``default_ttl_seconds``
-    (``TANDEM_FINISHED_RUN_TTL_SECONDS``); with neither, the run is kept. Only terminal runs
-    with a readable ``finishedAt`` have a deadline: it is that time plus the TTL, so it is the
-    same after any restart. A run recovered out of its terminal phase (B14) has none again.
-    """
-    ttl = spec.ttl_seconds_after_finished
-    if ttl is None:
-        ttl = default_ttl_seconds
-    if ttl is None or status.phase not in TERMINAL_PHASES:
-        return None
-    finished = parse_ms(status.finished_at)
-    if finished is None:
-        return None
-    return finished + ttl * 1000
