@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from support import REPO, Cluster, OperatorProcess, sim, simulated_run, wait_for
 
-from tandem_operator.cli.plugin import Conflict, RunClient, gate_decision_patch
+from tandem_operator.cli.client import Conflict, RunClient
+from tandem_operator.cli.writes import gate_decision_patch
 
 Plugin = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from tandem_operator.cli.logs import LogsError, container_nodes, logs_target, render_pods
-from tandem_operator.cli.plugin import build_parser, render_describe
+from tandem_operator.cli.plugin import build_parser
+from tandem_operator.cli.render import render_describe
 
 IMAGE = {"image": "registry.example/agent:1"}
 

@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from tandem_operator.cli.plugin import (
-    PluginError,
-    build_parser,
-    control_patch,
-    gate_decision_patch,
+from tandem_operator.cli.client import PluginError
+from tandem_operator.cli.plugin import build_parser
+from tandem_operator.cli.render import (
     human_duration,
     node_state,
     node_tree,
@@ -24,6 +22,10 @@ from tandem_operator.cli.plugin import (
     render_history,
     render_list,
     render_node_tree,
+)
+from tandem_operator.cli.writes import (
+    control_patch,
+    gate_decision_patch,
     resume_note,
     start_manifest,
 )

@@ -8,7 +8,8 @@ Order of effects, always: decide (settled, ``lifecycle.engine``) → patch statu
 resourceVersion read (409: read again and decide again) → emit Events → cancel and start
 attempts → forget consumed outcomes → schedule the decision's next deadline. An attempt
 therefore never starts without its attempt count recorded, and an outcome is never dropped
-before a status that accounts for it is stored.
+before a status that accounts for it is stored. Starting, adopting (C5) and counting
+attempts is ``runtime.attempts``; reporting a status it cannot use is ``runtime.stalled``.
 
 One reconcile of one run at a time (the work queue's lock per run); runs that a decision
 may admit reconcile under one admission lock, so two runs never take the last slot or the
@@ -34,25 +35,22 @@ from tandem_operator.api.vocabulary import (
     may_be_requeued,
     waits_for_admission,
 )
-from tandem_operator.execution.container import (
-    LABEL_ATTEMPT,
-    LABEL_NODE,
-    pod_name,
-    run_selector,
-)
-from tandem_operator.execution.registry import ExecutorRegistry, Target
+from tandem_operator.execution.registry import ExecutorRegistry
 from tandem_operator.execution.runner import AttemptRunner
-from tandem_operator.execution.types import AttemptRequest
-from tandem_operator.lifecycle.clock import format_ms
-from tandem_operator.lifecycle.contract import Decision, Event, Observation, StartAttempt
+from tandem_operator.lifecycle.contract import Decision, Observation
 from tandem_operator.lifecycle.engine import decide
-from tandem_operator.lifecycle.invariants import apply_conditions
 from tandem_operator.lifecycle.validation import flow_error, status_problems
-from tandem_operator.runtime.events import cut_to_bytes
+from tandem_operator.runtime.attempts import (
+    adoptable,
+    count_outcomes,
+    follow_adopted,
+    start_attempt,
+)
 from tandem_operator.runtime.kubeapi import Conflict, Gone, Invalid, merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.observation import definition_of, overrides_in, parse_run
 from tandem_operator.runtime.ports import Clock, EventSink, KubeClient, Membership, PodReader
+from tandem_operator.runtime.stalled import report_stalled
 from tandem_operator.runtime.store import CachedRun, RunKey, Store, resource_version
 from tandem_operator.runtime.workqueue import WorkQueue
 
@@ -62,8 +60,6 @@ PLURAL = "automationruns"
 MAX_PARSED = 512
 """At most this many runs keep the models of the version this operator last wrote."""
 MAX_CONFLICT_RETRIES = 5
-MAX_CONDITION_MESSAGE_BYTES = 32 * 1024
-"""metav1.Condition's limit on ``message``; the API server's own message may be longer."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,7 @@ class Reconciler:
             return
         body, spec, status, definition, definition_error = inputs
         meta = body.get("metadata", {})
-        adopted = await self._adoptable(key, meta, status, definition)
+        adopted = await adoptable(self, key, meta, status, definition)
         in_flight = self.runner.in_flight(key)
         prompt, completion = self.runner.in_flight_usage(key)
         now = self.clock.now_ms()
@@ -264,67 +260,6 @@ class Reconciler:
             # only a new version (a spec change) moves it.
             self._parsed.pop(key, None)
         await self._act(key, body, decision, definition, spec, adopted=adopted, observed=status)
-
-    async def _adoptable(
-        self,
-        key: RunKey,
-        meta: Mapping[str, Any],
-        status: AutomationRunStatus | None,
-        definition: AutomationSpec | None,
-    ) -> frozenset[str]:
-        """C5: in-progress container attempts not followed here whose Pod still exists.
-
-        Asked only of a Running or Pausing run claimed by another operator instance (after
-        a restart or a failover) with an in-progress container node that no attempt of this
-        process follows or reported: one list of the run's Pods by label. A run this
-        instance claims never looks: its attempts are all followed here, and the Pod of an
-        ended attempt kept for its logs must not be read twice.
-        """
-        if (
-            self.pods is None
-            or self.shutting_down
-            or status is None
-            or not holds_workspace(status.phase)
-            or (
-                status.execution_claim is not None
-                and status.execution_claim.claimant == self.identity
-            )
-        ):
-            return frozenset()
-        cp = status.checkpoint
-        followed = self.runner.in_flight(key) | {o.node_id for o in self.runner.outcomes(key)}
-        blocked = set(cp.blocked_nodes)
-        candidates = {
-            n: cp.node_attempts[n]
-            for n in cp.pending_nodes
-            if n not in blocked
-            and cp.node_attempts.get(n, 0) > 0
-            and n not in cp.node_outputs
-            and n not in followed
-            and self._kind_name(key, definition, n) == "container"
-        }
-        if not candidates:
-            return frozenset()
-        try:
-            pods = await self.pods.list_pods(namespace=key[0], label_selector=run_selector(key[1]))
-        except Exception as exc:
-            log.warning("Listing Pods failed run=%s/%s error=%s", *key, exc)
-            return frozenset()
-        uid = str(meta.get("uid") or "")
-        found = set()
-        for pod in pods:
-            pod_meta = pod.get("metadata") or {}
-            labels = pod_meta.get("labels") or {}
-            node = labels.get(LABEL_NODE)
-            owners = {o.get("uid") for o in pod_meta.get("ownerReferences") or []}
-            if (
-                node in candidates
-                and labels.get(LABEL_ATTEMPT) == str(candidates[node])
-                and uid in owners
-                and not pod_meta.get("deletionTimestamp")
-            ):
-                found.add(node)
-        return frozenset(found)
 
     async def _inputs(
         self, key: RunKey, run: CachedRun
@@ -426,34 +361,20 @@ class Reconciler:
     ) -> None:
         for event in decision.events:
             self.events(body, event)
-        self._count_outcomes(key, decision.consumed, definition)
+        count_outcomes(self, key, decision.consumed, definition)
         self.runner.consume(key, decision.consumed)
         if adopted and definition is not None and observed is not None:
-            await self._follow_adopted(key, body, decision, spec, definition, adopted, observed)
+            await follow_adopted(self, key, body, decision, spec, definition, adopted, observed)
         if decision.cancel:
             self.runner.cancel(key, decision.cancel)
         if decision.start and definition is not None:
             for start in decision.start:
-                await self._start_attempt(key, body, decision, spec, definition, start)
+                await start_attempt(self, key, body, decision, spec, definition, start)
         if decision.records and not holds_workspace(decision.status.phase):
             # A transition out of Running/Pausing frees a slot and maybe a workspace.
             self.kick_admission()
         self.due[key] = decision.requeue_at_ms
         self.queue.wake_at(key, decision.requeue_at_ms)
-
-    def _count_outcomes(
-        self, key: RunKey, consumed: int, definition: AutomationSpec | None
-    ) -> None:
-        outcomes = self.runner.outcomes(key)[:consumed]
-        if not outcomes:
-            return
-        self.metrics.outcomes_applied(
-            (self._kind_name(key, definition, o.node_id), o) for o in outcomes
-        )
-
-    def _kind_name(self, key: RunKey, definition: AutomationSpec | None, node_id: str) -> str:
-        target = _target(key, definition, node_id)
-        return self.executors.kind_name(target) if target is not None else "none"
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -464,77 +385,6 @@ class Reconciler:
         except Gone:
             return
         self.store.observe("automations", found)
-
-    # -- attempts -----------------------------------------------------------------------
-
-    async def _start_attempt(
-        self,
-        key: RunKey,
-        body: Mapping[str, Any],
-        decision: Decision,
-        spec: AutomationRunSpec,
-        definition: AutomationSpec,
-        start: StartAttempt,
-    ) -> None:
-        target = _target(key, definition, start.node_id)
-        if target is None:
-            return  # decide starts only nodes of the flow
-        node, agent = target.node, target.agent
-        cp = decision.status.checkpoint
-        request = AttemptRequest(
-            run_namespace=key[0],
-            run_name=key[1],
-            run_uid=str(body.get("metadata", {}).get("uid", "")),
-            node_id=node.id,
-            attempt=start.attempt,
-            objective=node.objective or "",
-            inputs={dep: cp.node_outputs.get(dep, {}) for dep in node.depends_on},
-            runtime_context=spec.runtime_context or {},
-            agent=agent.to_api() if agent else {},
-        )
-        try:
-            executor = await self.executors.build(target, self)
-        except Exception as exc:
-            self.runner.fail_to_start(key, request, str(exc))
-            self.kick(key)
-            return
-        self.runner.start(key, request, executor)
-
-    async def _follow_adopted(
-        self,
-        key: RunKey,
-        body: Mapping[str, Any],
-        decision: Decision,
-        spec: AutomationRunSpec,
-        definition: AutomationSpec,
-        adopted: frozenset[str],
-        observed: AutomationRunStatus,
-    ) -> None:
-        """C5: follow the adopted attempts again (their executor finds the Pod and reads
-        its result), or stop them when the decision ended them (their Pod goes)."""
-        cp = decision.status.checkpoint
-        for node_id in sorted(adopted):
-            attempt = observed.checkpoint.node_attempts.get(node_id, 0)
-            keep = (
-                holds_workspace(decision.status.phase)
-                and node_id not in decision.cancel
-                and cp.node_attempts.get(node_id) == attempt
-                and node_id not in cp.node_outputs
-            )
-            if keep:
-                start = StartAttempt(node_id=node_id, attempt=attempt)
-                await self._start_attempt(key, body, decision, spec, definition, start)
-                continue
-            target = _target(key, definition, node_id)
-            if target is None or self.pods is None:
-                continue
-            name = pod_name(key[1], node_id, attempt)
-            try:
-                await self.pods.delete_pod(namespace=key[0], name=name)
-            except Exception as exc:
-                log.warning("Could not delete Pod pod=%s/%s error=%s", key[0], name, exc)
-            else:
-                self.metrics.pod_event("deleted")
 
     # -- ExecutorContext: what executor kinds may read ------------------------------------
 
@@ -577,47 +427,17 @@ class Reconciler:
     async def _report_stalled(
         self, key: RunKey, body: Mapping[str, Any], problems: list[str], reason: str
     ) -> None:
-        """A Warning Event ``reason`` and ``Stalled=True`` (reason ``reason``) naming the
-        problems; only ``conditions`` is written, and only when the message changes.
-
-        ``InvalidStatus``: the status as stored cannot be used. ``StatusRejected``: the API
-        server refused (422) the status a decision wrote; the run is decided again on its
-        next change, and the first write that succeeds clears ``Stalled``.
-        """
-        message = "; ".join(problems[:3])
-        if len(problems) > 3:
-            message += f" (and {len(problems) - 3} more)"
-        message = cut_to_bytes(message, MAX_CONDITION_MESSAGE_BYTES)
-        raw = body.get("status") or {}
-        current = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
-        stalled = next((c for c in current if c.get("type") == "Stalled"), None)
-        if (
-            stalled
-            and stalled.get("status") == "True"
-            and stalled.get("reason") == reason
-            and stalled.get("message") == message
-        ):
-            return
-        log.warning("Stalled run=%s/%s reason=%s problems=%s", key[0], key[1], reason, message)
-        self.events(body, Event(type="Warning", reason=reason, message=message))
-        probe = AutomationRunStatus(phase=None)
-        apply_conditions(
-            probe,
-            now=format_ms(self.clock.now_ms()),
-            generation=int(body.get("metadata", {}).get("generation") or 0),
-            stalled_reason=message,
-            stalled_kind=reason,
+        """A Warning Event ``reason`` and ``Stalled=True`` (``runtime.stalled``)."""
+        await report_stalled(
+            key,
+            body,
+            problems,
+            reason,
+            api=self.api,
+            store=self.store,
+            events=self.events,
+            clock=self.clock,
         )
-        conditions = [c.to_api() for c in probe.conditions if c.type == "Stalled"]
-        others = [c for c in current if c.get("type") != "Stalled"]
-        stored = await self.api.patch_status(
-            plural=PLURAL,
-            namespace=key[0],
-            name=key[1],
-            resource_version=str(body.get("metadata", {}).get("resourceVersion", "")),
-            status_patch={"conditions": [*others, *conditions]},
-        )
-        self.store.observe("runs", stored)
 
     # -- lifecycle of the reconciler itself ---------------------------------------------
 
@@ -639,13 +459,3 @@ class Reconciler:
 
 def _keeps_models(status: AutomationRunStatus) -> bool:
     return waits_for_admission(status.phase) or holds_workspace(status.phase)
-
-
-def _target(key: RunKey, definition: AutomationSpec | None, node_id: str) -> Target | None:
-    if definition is None:
-        return None
-    node = next((n for n in definition.nodes if n.id == node_id), None)
-    if node is None:
-        return None
-    agent = next((a for a in definition.agents if a.agent_id == node.agent_id), None)
-    return Target(namespace=key[0], node=node, agent=agent)
