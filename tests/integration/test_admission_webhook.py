@@ -76,6 +76,19 @@ def test_cycles_and_unknown_gates_are_refused(
         "spec": cyclic["spec"]["automation"],
     }
     _rejected(cluster, automation, "spec.nodes: dependsOn forms a cycle")
+    scheduled = {
+        **automation,
+        "metadata": {"name": "scheduled"},
+        "spec": {**automation["spec"], "nodes": [sim("a")]},
+    }
+    scheduled["spec"]["schedule"] = {"cron": "61 * * * *", "runTemplate": {}}
+    _rejected(cluster, scheduled, "spec.schedule.cron: '61 * * * *' is not a valid cron")
+    scheduled["spec"]["schedule"] = {
+        "cron": "@daily",
+        "timeZone": "Mars/Olympus",
+        "runTemplate": {},
+    }
+    _rejected(cluster, scheduled, "spec.schedule.timeZone: 'Mars/Olympus' is not a known IANA")
     # Nothing was stored.
     assert cluster.kubectl("get", "automationruns,automations", "-o", "name").strip() == ""
 

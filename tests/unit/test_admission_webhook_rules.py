@@ -10,6 +10,7 @@ import pytest
 from tandem_operator.handlers.webhook import (
     DECISIONS_CHANGED,
     Registration,
+    automation_problems,
     configurations,
     install_name,
     stamp_decisions,
@@ -161,6 +162,44 @@ def test_without_a_request_user_identity_and_allow_lists_are_not_checked() -> No
 
 
 # --------------------------------------------------------------------------- registration
+
+
+def automation_spec(**schedule: Any) -> dict[str, Any]:
+    return {**FLOW, "schedule": {"runTemplate": {}, **schedule}}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "words"),
+    [
+        ({"cron": "61 * * * *"}, "spec.schedule.cron", "61"),
+        ({"cron": "0 0 31 2 *"}, "spec.schedule.cron", "day-of-month"),
+        ({"cron": "@daily", "timeZone": "Mars/Olympus_Mons"}, "spec.schedule.timeZone", "Mars"),
+    ],
+)
+def test_a_schedule_the_operator_cannot_use_is_refused_naming_the_field(
+    schedule: dict[str, Any], field: str, words: str
+) -> None:
+    problems = automation_problems(automation_spec(**schedule))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{field}: ")
+    assert words in problems[0]
+
+
+def test_a_usable_schedule_passes_and_flow_and_schedule_problems_are_both_named() -> None:
+    assert automation_problems(automation_spec(cron="*/5 * * * *", timeZone="Europe/Berlin")) == []
+    assert automation_problems(FLOW) == []
+    cyclic = {
+        "nodes": [{"id": "a", "dependsOn": ["b"]}, {"id": "b", "dependsOn": ["a"]}],
+        "schedule": {"cron": "61 * * * *", "runTemplate": {}},
+    }
+    assert automation_problems(cyclic) == [
+        "spec.nodes: dependsOn forms a cycle: a -> b -> a",
+        "spec.schedule.cron: '61 * * * *' is not a valid cron expression: bad minute",
+    ]
+
+
+def test_a_spec_the_models_cannot_read_is_left_to_the_schema() -> None:
+    assert automation_problems({"nodes": "not a list"}) == []
 
 
 def registration(**kw: Any) -> Registration:

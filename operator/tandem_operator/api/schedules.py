@@ -39,8 +39,8 @@ class Schedule(ApiModel):
     cron: str = Field(min_length=1, max_length=128, pattern=CRON)
     """When runs are due: five cron fields (minute hour day-of-month month day-of-week) read
     in timeZone, one of @hourly @daily @weekly @monthly, or @every <n>s|m|h for a fixed
-    interval counted from the Unix epoch. Field ranges are checked by the operator, which
-    reports a schedule it cannot use as Stalled."""
+    interval counted from the Unix epoch. Field ranges are checked by the admission webhook
+    at apply, and by the operator, which reports a schedule it cannot use as Stalled."""
     time_zone: str = Field(default="UTC", min_length=1, max_length=64, pattern=TIME_ZONE)
     """IANA time zone name (such as Europe/Berlin) the cron fields are read in. A local time
     that does not exist (clocks go forward) is skipped; a local time that occurs twice

@@ -11,7 +11,9 @@ Three kopf admission handlers, each served at the path of its id:
   cycles, rework targets that are not upstream of their gate, decisions naming unknown
   gates or decisions the gate does not allow (B18d), ``decidedBy`` equal to the user, and
   the gate's ``approvers`` (B18b, groups as the API server authenticated them).
-- ``/validate-automation`` (validating, Automations): the flow checks.
+- ``/validate-automation`` (validating, Automations): the flow checks, and a schedule's cron
+  fields and time zone (B19b: a minute of 61 or a zone that does not exist), which the
+  schema can only check for shape.
 
 Registration. kopf's own managed mode writes one configuration with a fixed name and no
 namespace selector, so several operators of one cluster would overwrite each other; and it
@@ -43,9 +45,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import ValidationError
 
-from tandem_operator.api.models import GROUP, AutomationSpec
+from tandem_operator.api.models import GROUP, AutomationResourceSpec
 from tandem_operator.lifecycle.validation import flow_problems, run_problems
+from tandem_operator.scheduling.cron import schedule_problem
 
 MANAGED_NAME: str | None = None
 """kopf's managed configuration: none, the configurations are :func:`configurations`."""
@@ -196,13 +200,27 @@ def register(registry: kopf.OperatorRegistry) -> None:
         registry=registry,
     )
     def validate_automation(spec: Mapping[str, Any], **_: Any) -> None:
-        try:
-            flow = AutomationSpec.model_validate(dict(spec))
-        except Exception:
-            return  # the schema reports malformed specs with better messages
-        problems = flow_problems(flow, path="spec")
+        problems = automation_problems(spec)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+def automation_problems(spec: Mapping[str, Any]) -> list[str]:
+    """Why an Automation's spec cannot be used: its flow (B18d) and its schedule (B19b).
+
+    A spec the models cannot read gives nothing here: the CRD schema has already refused it
+    with a better message, or the operator reports it when it reads the object.
+    """
+    try:
+        automation = AutomationResourceSpec.model_validate(dict(spec))
+    except ValidationError:
+        return []
+    problems = flow_problems(automation, path="spec")
+    if automation.schedule is not None:
+        problem = schedule_problem(automation.schedule)
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def ensure_certificate(cert_dir: Path, *, host: str) -> tuple[Path, Path]:
