@@ -7,13 +7,8 @@
 //
 // With -current (and optionally -in-progress and -failed) it also evaluates a Flux
 // Kustomization `spec.healthCheckExprs` entry and adds {"healthCheckExprs": {"status": ...}}
-// (or {"error": ...}). The evaluation follows Flux's StatusEvaluator (fluxcd/pkg/runtime/cel,
-// RFC-0009): an observedGeneration that differs from metadata.generation is InProgress;
-// then inProgress, failed, current are evaluated in that order and the first true one
-// wins; none true is InProgress. Expressions are parsed (not type-checked) in a cel-go
-// environment with Flux's options, and the object's top-level fields are the variables.
-// Importing Flux's package itself would pull controller-runtime and client-go into this
-// build for three dozen lines, so they are restated here against the same cel-go release.
+// (or {"error": ...}), computed by Flux's own StatusEvaluator (fluxcd/pkg/runtime/cel, the
+// package kustomize-controller evaluates healthCheckExprs with, RFC-0009).
 //
 // The project's tests build it into the tool cache with hack/build-kstatus.sh.
 package main
@@ -26,9 +21,8 @@ import (
 	"io"
 	"os"
 
-	"github.com/google/cel-go/cel"
-	"github.com/google/cel-go/common/types"
-	"github.com/google/cel-go/ext"
+	"github.com/fluxcd/pkg/apis/kustomize"
+	fluxcel "github.com/fluxcd/pkg/runtime/cel"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
@@ -67,10 +61,10 @@ func main() {
 	}
 	out := result{Status: res.Status.String(), Message: res.Message}
 	if *current != "" {
-		out.HealthCheckExprs = evaluate(u, []check{
-			{*inProgress, status.InProgressStatus},
-			{*failed, status.FailedStatus},
-			{*current, status.CurrentStatus},
+		out.HealthCheckExprs = evaluate(u, &kustomize.HealthCheckExpressions{
+			Current:    *current,
+			InProgress: *inProgress,
+			Failed:     *failed,
 		})
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
@@ -78,55 +72,18 @@ func main() {
 	}
 }
 
-type check struct {
-	expr   string
-	status status.Status
-}
-
-func evaluate(u *unstructured.Unstructured, checks []check) *celResult {
-	obj := u.UnstructuredContent()
-	observed, found, err := unstructured.NestedInt64(obj, "status", "observedGeneration")
-	if err == nil && found && observed != u.GetGeneration() {
-		return &celResult{Status: status.InProgressStatus.String()}
-	}
-	env, err := cel.NewEnv(
-		cel.HomogeneousAggregateLiterals(),
-		cel.EagerlyValidateDeclarations(true),
-		cel.DefaultUTCTimeZone(true),
-		cel.CrossTypeNumericComparisons(true),
-		cel.OptionalTypes(),
-		ext.Strings(),
-		ext.Sets(),
-		ext.Encoders(),
-	)
+// evaluate runs Flux's StatusEvaluator over the object, as kustomize-controller does for a
+// kind listed in spec.healthCheckExprs.
+func evaluate(u *unstructured.Unstructured, exprs *kustomize.HealthCheckExpressions) *celResult {
+	evaluator, err := fluxcel.NewStatusEvaluator(exprs)
 	if err != nil {
 		return &celResult{Error: err.Error()}
 	}
-	for _, c := range checks {
-		if c.expr == "" {
-			continue
-		}
-		ast, issues := env.Parse(c.expr)
-		if issues != nil && issues.Err() != nil {
-			return &celResult{Error: fmt.Sprintf("parsing %q: %v", c.expr, issues.Err())}
-		}
-		prog, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.InterruptCheckFrequency(100))
-		if err != nil {
-			return &celResult{Error: fmt.Sprintf("program %q: %v", c.expr, err)}
-		}
-		val, _, err := prog.ContextEval(context.Background(), obj)
-		if err != nil {
-			return &celResult{Error: fmt.Sprintf("evaluating %q: %v", c.expr, err)}
-		}
-		truth, ok := val.(types.Bool)
-		if !ok {
-			return &celResult{Error: fmt.Sprintf("%q is not a boolean", c.expr)}
-		}
-		if truth {
-			return &celResult{Status: c.status.String()}
-		}
+	res, err := evaluator.Evaluate(context.Background(), u)
+	if err != nil {
+		return &celResult{Error: err.Error()}
 	}
-	return &celResult{Status: status.InProgressStatus.String()}
+	return &celResult{Status: res.Status.String()}
 }
 
 func fail(format string, args ...any) {

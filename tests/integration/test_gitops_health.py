@@ -7,7 +7,8 @@ Three judges, each run for real over ``kubectl get -o json`` of a run:
 * **Argo CD**: ``charts/tandem-operator/argocd/health.lua`` run by Lua 5.1 (``lupa.lua51``;
   Argo CD runs health checks with gopher-lua, a Lua 5.1).
 * **Flux ``healthCheckExprs``**: the recipe exactly as ``docs/gitops.md`` documents it,
-  evaluated with cel-go in Flux's environment and order (``hack/kstatus -current ...``).
+  evaluated by Flux's own ``StatusEvaluator`` (``fluxcd/pkg/runtime/cel``, the package
+  kustomize-controller uses), through ``hack/kstatus -current ...``.
 
 Every phase is judged twice: with status written by hand (every phase, including the
 transient Pausing, a run not yet seen, a spec not yet observed, a run being deleted; the
@@ -68,7 +69,7 @@ class Verdict:
 
 @pytest.fixture(scope="module")
 def kstatus() -> Path:
-    """The kstatus probe, built on first use into the tool cache (about two CPU-minutes)."""
+    """The kstatus probe, built on first use into the tool cache (about four CPU-minutes)."""
     out = subprocess.run(
         ["bash", str(REPO / "hack" / "build-kstatus.sh")],
         check=True,
