@@ -267,6 +267,9 @@ def test_pause_and_cancel_delete_the_running_pod_and_resume_starts_again(
     first = pods.until("paused-x-1", phase_is("Running"))
     cluster.patch_spec("paused", {"desiredState": "Paused"})
     cluster.wait_phase("paused", "Paused", timeout=TIMEOUT)
+    # Paused is written only once the Pod is gone: the resumed attempt has the same number,
+    # so the same Pod name, and must not meet the old Pod.
+    assert cluster.kubectl("get", "pods", "-o", "name").strip() == ""
     gone = pods.until("paused-x-1", deleted)
     assert gone["metadata"]["uid"] == first["metadata"]["uid"]
     cluster.patch_spec("paused", {"desiredState": "Running"})

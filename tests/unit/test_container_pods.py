@@ -385,6 +385,45 @@ def test_cancellation_deletes_the_pod_unless_detached() -> None:
     assert _run(scenario(True)) == []
 
 
+class GracefulPods(FakePods):
+    """Deleting a Pod only marks it; it goes when the test says (a kubelet's grace period)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads_while_terminating = 0
+
+    async def delete_pod(self, *, namespace: str, name: str, uid: str | None = None) -> None:
+        self.pods[name]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        self.deleted.append(name)
+
+    async def get_pod(self, *, namespace: str, name: str) -> dict[str, Any] | None:
+        pod = self.pods.get(name)
+        if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            self.reads_while_terminating += 1
+            if self.reads_while_terminating == 3:
+                del self.pods[name]  # its grace period is over
+        return pod
+
+
+def test_a_cancelled_attempt_ends_only_once_its_pod_is_gone() -> None:
+    # A resumed attempt has the same number, so the same Pod name: the old Pod must be gone.
+    async def scenario() -> GracefulPods:
+        pods = GracefulPods()
+        executor = ContainerExecutor(container=_container(), pods=pods)
+        task = asyncio.create_task(executor.run(REQUEST, Activity()))
+        await pods.events.put(("MODIFIED", {"phase": "Running"}))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pods
+
+    pods = _run(scenario())
+    assert pods.deleted == ["weekly-draft-2"]
+    assert pods.reads_while_terminating == 3
+    assert pods.pods == {}
+
+
 def test_a_deleted_pod_is_transient_and_a_failed_one_a_config_error() -> None:
     async def scenario(event: tuple[str, dict[str, Any]]) -> None:
         pods = FakePods()

@@ -15,7 +15,11 @@ Three parts, two of them pure:
   verdict is final. Creating is idempotent: when the Pod of this very attempt already
   exists, the executor follows that one instead (C5: after an operator restart the runtime
   starts the in-progress attempt again, and the executor adopts its Pod rather than run it
-  twice). Cancellation (pause, cancel, rework, B5, B21) deletes the Pod before it propagates.
+  twice). Cancellation (pause, cancel, rework, B5, B21) deletes the Pod and waits until it is
+  gone (its grace period, at most :data:`STOP_WAIT_SECONDS`) before it propagates: the run
+  is Paused only once nothing runs, and the attempt a resume starts again (an attempt the
+  operator cancelled does not count, so it has the same number and the same Pod name) never
+  meets the old Pod.
   A Pod that ended is deleted after ``keep_seconds`` (``TANDEM_POD_KEEP_SECONDS``), so
   ``kubectl logs`` can read it for a while.
 
@@ -62,6 +66,9 @@ MAX_NAME = 63
 WATCH_SECONDS = 60
 """How long one watch request lasts before the executor reads the Pod and watches again."""
 READ_RETRIES = 30
+STOP_WAIT_SECONDS = 90.0
+"""How long a cancelled attempt waits for its deleted Pod to go (a kubelet gives a Pod 30 s
+by default; a Pod on a lost Node may never go, and then the wait gives up)."""
 """Seconds of failed reads of the Pod before the attempt is given up as a transient error."""
 
 PodEvent = Literal["created", "adopted", "deleted"]
@@ -382,7 +389,7 @@ class ContainerExecutor:
                 # Shutdown or lost leadership: the Pod runs on; the next leader adopts it.
                 raise
             # Pause, cancel, rework, B5, B21: the Pod goes with the attempt.
-            await asyncio.shield(self._delete(namespace, name, uid))
+            await asyncio.shield(self._delete(namespace, name, uid, until_gone=True))
             raise
         except BaseException:
             await asyncio.shield(self._delete(namespace, name, uid))
@@ -488,13 +495,39 @@ class ContainerExecutor:
         if waiting is not None:
             waiting(verdict.message if verdict.kind == "waiting" else None)
 
-    async def _delete(self, namespace: str, name: str, uid: str | None) -> None:
+    async def _delete(
+        self, namespace: str, name: str, uid: str | None, *, until_gone: bool = False
+    ) -> None:
         try:
             await self._pods.delete_pod(namespace=namespace, name=name, uid=uid or None)
         except Exception as exc:  # the owner reference still removes it with the run
             log.warning("Could not delete Pod pod=%s/%s error=%s", namespace, name, exc)
             return
         self._on_pod("deleted")
+        if until_gone:
+            await self._gone(namespace, name, uid)
+
+    async def _gone(self, namespace: str, name: str, uid: str | None) -> None:
+        """Until the Pod (that ``uid``) no longer exists, for at most STOP_WAIT_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_SECONDS
+        pause = 0.1
+        while loop.time() < deadline:
+            try:
+                pod = await self._pods.get_pod(namespace=namespace, name=name)
+            except Exception as exc:
+                log.debug("Pod read failed pod=%s/%s error=%r", namespace, name, exc)
+            else:
+                if pod is None or (uid and (pod.get("metadata") or {}).get("uid") != uid):
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        log.warning(
+            "Pod still there after deletion pod=%s/%s waited_s=%s",
+            namespace,
+            name,
+            STOP_WAIT_SECONDS,
+        )
 
     def _clean_up_later(self, namespace: str, name: str, uid: str) -> None:
         async def clean_up() -> None:
