@@ -62,6 +62,9 @@ LIST_PAGE_SIZE = 100
 REQUEST_TIMEOUT_SECONDS = 30.0
 """Upper bound of one request to the API server, from connecting to the last byte read."""
 
+LEASE_CALL_TIMEOUT_S = 5.0
+"""Default bound of one Lease call (the leader passes a third of its Lease's duration)."""
+
 _USER_AGENT = "tandem-operator"
 
 
@@ -479,10 +482,17 @@ class KubeApi:
 
     # -- the rare calls: the official client in a thread pool ---------------------------
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, fn: Any, *args: Any, timeout_s: float | None = None) -> Any:
+        """``fn(*args)`` of the official client in the thread pool; with ``timeout_s``, the
+        request has that socket timeout and the caller waits no longer (a hung connection,
+        say while etcd restarts, then raises ``TimeoutError`` instead of waiting forever)."""
         loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {} if timeout_s is None else {"_request_timeout": timeout_s}
+        call = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            if timeout_s is None:
+                return await call
+            return await asyncio.wait_for(call, timeout=timeout_s + 1)
         except ApiException as exc:
             message, reason = _status_message(exc.body)
             raise _api_error(
@@ -526,17 +536,42 @@ class KubeApi:
 
     # -- leases ---------------------------------------------------------------------
 
-    async def read_lease(self, *, namespace: str, name: str) -> Any | None:
+    # Each Lease call is bounded: a leader whose renewal hangs must find out and stand down
+    # before its Lease expires and a standby takes over.
+
+    async def read_lease(
+        self, *, namespace: str, name: str, timeout_s: float = LEASE_CALL_TIMEOUT_S
+    ) -> Any | None:
         try:
-            return await self._call(self._coordination.read_namespaced_lease, name, namespace)
+            return await self._call(
+                self._coordination.read_namespaced_lease,
+                name,
+                namespace,
+                timeout_s=timeout_s,
+            )
         except Gone:
             return None
 
-    async def create_lease(self, *, namespace: str, body: Any) -> Any:
-        return await self._call(self._coordination.create_namespaced_lease, namespace, body)
+    async def create_lease(
+        self, *, namespace: str, body: Any, timeout_s: float = LEASE_CALL_TIMEOUT_S
+    ) -> Any:
+        return await self._call(
+            self._coordination.create_namespaced_lease,
+            namespace,
+            body,
+            timeout_s=timeout_s,
+        )
 
-    async def replace_lease(self, *, namespace: str, name: str, body: Any) -> Any:
-        return await self._call(self._coordination.replace_namespaced_lease, name, namespace, body)
+    async def replace_lease(
+        self, *, namespace: str, name: str, body: Any, timeout_s: float = LEASE_CALL_TIMEOUT_S
+    ) -> Any:
+        return await self._call(
+            self._coordination.replace_namespaced_lease,
+            name,
+            namespace,
+            body,
+            timeout_s=timeout_s,
+        )
 
     # -- closing ----------------------------------------------------------------------
 

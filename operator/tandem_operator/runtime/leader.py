@@ -81,6 +81,11 @@ class Leadership:
         self.namespace = namespace
         self.name = name
         self.lease_seconds = lease_seconds
+        # A renewal (a read and a replace, each bounded) that hangs must fail before the Lease
+        # runs out: renewals start every third of it, so the last good one plus a failing
+        # one take at most 1/3 + 2 * (1/6 + 1 s) of a Lease, and this leader stands down
+        # before a standby may take over.
+        self._call_timeout_s = max(1.0, lease_seconds / 6)
         self.on_change = on_change
         self.is_leader = False
         self._stopping = False
@@ -110,7 +115,9 @@ class Leadership:
 
     async def _try_acquire(self) -> bool:
         now = datetime.now(UTC)
-        lease: Any = await self.api.read_lease(namespace=self.namespace, name=self.name)
+        lease: Any = await self.api.read_lease(
+            namespace=self.namespace, name=self.name, timeout_s=self._call_timeout_s
+        )
         if lease is None:
             body = V1Lease(
                 metadata=V1ObjectMeta(name=self.name, namespace=self.namespace),
@@ -123,7 +130,9 @@ class Leadership:
                 ),
             )
             try:
-                await self.api.create_lease(namespace=self.namespace, body=body)
+                await self.api.create_lease(
+                    namespace=self.namespace, body=body, timeout_s=self._call_timeout_s
+                )
             except Conflict:
                 return False
             return True
@@ -141,7 +150,12 @@ class Leadership:
         spec.renew_time = now
         spec.lease_duration_seconds = self.lease_seconds
         try:
-            await self.api.replace_lease(namespace=self.namespace, name=self.name, body=lease)
+            await self.api.replace_lease(
+                namespace=self.namespace,
+                name=self.name,
+                body=lease,
+                timeout_s=self._call_timeout_s,
+            )
         except Conflict:
             return False
         return True
@@ -153,10 +167,17 @@ class Leadership:
             return
         self.is_leader = False
         try:
-            lease: Any = await self.api.read_lease(namespace=self.namespace, name=self.name)
+            lease: Any = await self.api.read_lease(
+                namespace=self.namespace, name=self.name, timeout_s=self._call_timeout_s
+            )
             if lease is not None and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.renew_time = None
-                await self.api.replace_lease(namespace=self.namespace, name=self.name, body=lease)
+                await self.api.replace_lease(
+                    namespace=self.namespace,
+                    name=self.name,
+                    body=lease,
+                    timeout_s=self._call_timeout_s,
+                )
         except Exception as exc:
             log.warning("Lease release failed lease=%s error=%s", self.name, exc)
