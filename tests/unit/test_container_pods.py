@@ -367,26 +367,27 @@ def test_executor_adopts_an_existing_pod_of_the_attempt() -> None:
     _run(scenario())
 
 
-def test_cancellation_deletes_the_pod_unless_detached() -> None:
-    async def scenario(detached: bool) -> list[str]:
-        pods = FakePods()
-        executor = ContainerExecutor(container=_container(), pods=pods)
-        activity = Activity()
-        activity.detached = detached
-        task = asyncio.create_task(executor.run(REQUEST, activity))
-        await pods.events.put(("MODIFIED", {"phase": "Running"}))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pods.deleted
+async def cancel_while_running(pods: FakePods, *, detached: bool = False) -> list[str]:
+    """Start an attempt, cancel it while its Pod runs: the Pods deleted by then."""
+    executor = ContainerExecutor(container=_container(), pods=pods)
+    activity = Activity()
+    activity.detached = detached
+    task = asyncio.create_task(executor.run(REQUEST, activity))
+    await pods.events.put(("MODIFIED", {"phase": "Running"}))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return pods.deleted
 
-    assert _run(scenario(False)) == ["weekly-draft-2"]
-    assert _run(scenario(True)) == []
+
+def test_cancellation_deletes_the_pod_unless_detached() -> None:
+    assert _run(cancel_while_running(FakePods())) == ["weekly-draft-2"]
+    assert _run(cancel_while_running(FakePods(), detached=True)) == []
 
 
 class GracefulPods(FakePods):
-    """Deleting a Pod only marks it; it goes when the test says (a kubelet's grace period)."""
+    """Deleting a Pod only marks it; it goes after a few reads (a kubelet's grace period)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -407,19 +408,8 @@ class GracefulPods(FakePods):
 
 def test_a_cancelled_attempt_ends_only_once_its_pod_is_gone() -> None:
     # A resumed attempt has the same number, so the same Pod name: the old Pod must be gone.
-    async def scenario() -> GracefulPods:
-        pods = GracefulPods()
-        executor = ContainerExecutor(container=_container(), pods=pods)
-        task = asyncio.create_task(executor.run(REQUEST, Activity()))
-        await pods.events.put(("MODIFIED", {"phase": "Running"}))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pods
-
-    pods = _run(scenario())
-    assert pods.deleted == ["weekly-draft-2"]
+    pods = GracefulPods()
+    assert _run(cancel_while_running(pods)) == ["weekly-draft-2"]
     assert pods.reads_while_terminating == 3
     assert pods.pods == {}
 
