@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from tandem_operator.api.vocabulary import holds_workspace
 from tandem_operator.lifecycle.clock import parse_ms
+from tandem_operator.lifecycle.gates import gate_times
 from tandem_operator.lifecycle.running import silence
 from tandem_operator.lifecycle.work import Work
 
@@ -37,8 +38,9 @@ def _deadlines(w: Work) -> list[int | None]:
     out: list[int | None] = []
     if phase == "Queued" and s.scheduler is not None:
         out.append(parse_ms(s.scheduler.retry_after))
-    if phase == "AwaitingApproval" and cp.awaiting_gate is not None:
-        out.extend(_gate_deadlines(w))
+    gate = gate_times(w)
+    if gate is not None:
+        out.extend(t for t in (gate.expires_at_ms, gate.stale_at_ms) if t is not None)
     if phase == "Running":
         out.extend(parse_ms(at) for at in cp.node_retry_after.values())
         quiet = silence(w)
@@ -55,21 +57,4 @@ def _deadlines(w: Work) -> list[int | None]:
     if holds_workspace(phase) and claim is not None and claim.claimant != w.obs.instance:
         expires = parse_ms(claim.lease_expires_at)
         out.append(None if expires is None else expires + 1)
-    return out
-
-
-def _gate_deadlines(w: Work) -> list[int | None]:
-    gate = w.cp.awaiting_gate
-    assert gate is not None
-    requested = parse_ms(gate.requested_at)
-    if requested is None:
-        return []
-    node = w.node(gate.node_id)
-    expiry = node.approval.expiry if node and node.approval else None
-    metadata = gate.metadata or {}
-    out: list[int | None] = []
-    if expiry is not None and not (expiry.action == "remind" and metadata.get("reminder_due")):
-        out.append(requested + expiry.after_seconds * 1000)
-    if (expiry is None or expiry.action == "remind") and not metadata.get("stale"):
-        out.append(requested + w.obs.settings.approval_gate_stale_after_ms)
     return out

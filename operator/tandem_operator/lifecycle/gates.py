@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from tandem_operator.api.models import AwaitingGate, GateDecision, GateHistoryEntry
+from tandem_operator.api.models import ApprovalExpiry, AwaitingGate, GateDecision, GateHistoryEntry
 from tandem_operator.lifecycle.approvals import apply_approval
 from tandem_operator.lifecycle.bounds import MAX_REASON_CHARS, clip
 from tandem_operator.lifecycle.clock import parse_ms
@@ -208,27 +209,65 @@ def _apply_gate_decision(
     )
 
 
-def gate_timers(w: Work) -> None:
-    """B11 expiry and B4 stale marking for the awaiting gate."""
+@dataclass(frozen=True)
+class GateTimes:
+    """When B11's expiry and B4's stale mark are due for the awaiting gate (``None``: they
+    have nothing left to do). ``gate_timers`` acts on them; ``deadlines`` wakes up for them.
+    """
+
+    requested_ms: int
+    expiry: ApprovalExpiry | None
+    expires_at_ms: int | None
+    stale_at_ms: int | None
+
+
+def gate_times(w: Work) -> GateTimes | None:
+    """The awaiting gate's timers, or ``None`` when no gate waits (or its request time is
+    unreadable)."""
     gate = w.cp.awaiting_gate
     if w.s.phase != "AwaitingApproval" or gate is None:
-        return
+        return None
     requested = parse_ms(gate.requested_at)
     if requested is None:
-        return
+        return None
     node = w.node(gate.node_id)
     expiry = node.approval.expiry if node and node.approval else None
+    metadata = gate.metadata or {}
+    reminded = expiry is not None and expiry.action == "remind" and metadata.get("reminder_due")
+    # B4 is for gates that wait on people alone: a gate with another expiry resolves itself.
+    people_alone = expiry is None or expiry.action == "remind"
+    return GateTimes(
+        requested_ms=requested,
+        expiry=expiry,
+        expires_at_ms=(
+            requested + expiry.after_seconds * 1000 if expiry is not None and not reminded else None
+        ),
+        stale_at_ms=(
+            requested + w.obs.settings.approval_gate_stale_after_ms
+            if people_alone and not metadata.get("stale")
+            else None
+        ),
+    )
+
+
+def gate_timers(w: Work) -> None:
+    """B11 expiry and B4 stale marking for the awaiting gate."""
+    times = gate_times(w)
+    gate = w.cp.awaiting_gate
+    if times is None or gate is None:
+        return
+    requested, expiry = times.requested_ms, times.expiry
     metadata = dict(gate.metadata or {})
-    if expiry is not None and w.obs.now_ms - requested >= expiry.after_seconds * 1000:
+    due = times.expires_at_ms is not None and w.obs.now_ms >= times.expires_at_ms
+    if expiry is not None and due:
         if expiry.action == "remind":
-            if not metadata.get("reminder_due"):
-                metadata["reminder_due"] = True
-                gate.metadata = metadata
-                w.record(
-                    "approval_gate_reminder_due",
-                    reason=f"gate `{gate.node_id}` waited {expiry.after_seconds}s",
-                    metadata={"node_id": gate.node_id, "requested_at_ms": requested},
-                )
+            metadata["reminder_due"] = True
+            gate.metadata = metadata
+            w.record(
+                "approval_gate_reminder_due",
+                reason=f"gate `{gate.node_id}` waited {expiry.after_seconds}s",
+                metadata={"node_id": gate.node_id, "requested_at_ms": requested},
+            )
         else:
             _apply_gate_decision(
                 w,
@@ -240,11 +279,9 @@ def gate_timers(w: Work) -> None:
                 reason=f"gate expired after {expiry.after_seconds}s ({expiry.action})",
             )
             return
-    if expiry is not None and expiry.action != "remind":
-        return  # B4 is for gates that wait on people alone; this one resolves itself
-    stale_after = w.obs.settings.approval_gate_stale_after_ms
-    if metadata.get("stale") or w.obs.now_ms - requested < stale_after:
+    if times.stale_at_ms is None or w.obs.now_ms < times.stale_at_ms:
         return
+    stale_after = w.obs.settings.approval_gate_stale_after_ms
     metadata.update(
         stale=True,
         stale_policy="manual_only_visible_status",
