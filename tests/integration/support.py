@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,29 @@ def wait_for(
             extra = f" ({describe()})" if describe else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def ts(offset_seconds: float = 0.0) -> str:
+    """An RFC 3339 UTC timestamp with milliseconds, ``offset_seconds`` from now."""
+    moment = datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def paused_by_hand(**output: Any) -> dict[str, Any]:
+    """A Paused status as a person writes it for a flow ``a -> b``: ``a`` completed with
+    ``output``, ``b`` still to run, no observedGeneration."""
+    return {
+        "phase": "Paused",
+        "pauseReason": "by hand",
+        "createdAt": ts(-60),
+        "startedAt": ts(-50),
+        "checkpoint": {
+            "completedNodes": ["a"],
+            "pendingNodes": ["b"],
+            "nodeAttempts": {"a": 1},
+            "nodeOutputs": {"a": {"status": "completed", **output}},
+        },
+    }
 
 
 def simulated_run(

@@ -20,12 +20,11 @@ import copy
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Cluster, OperatorProcess, sim, simulated_run, wait_for
+from support import REPO, Cluster, OperatorProcess, sim, simulated_run, ts, wait_for
 
 from tandem_operator.api.models import AutomationRunStatus, AutomationSpec
 from tandem_operator.devcluster.session import KubeSession, unique_namespace_name
@@ -318,11 +317,6 @@ def test_invalid_manifest_is_refused_naming_the_field(
 
 
 # ------------------------------------------------------------------- malformed status
-
-
-def ts(offset_seconds: float = 0.0) -> str:
-    moment = datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _flow_run(name: str) -> dict[str, Any]:

@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
+from support import Cluster, OperatorProcess, paused_by_hand, sim, simulated_run, ts, wait_for
 
 STALE = "stale_no_provider_activity"
 DEFAULT_WINDOW_MS = 1_200_000
-
-
-def ts(offset_seconds: float = 0.0) -> str:
-    moment = datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def ms(timestamp: str) -> int:
@@ -406,21 +401,7 @@ def test_a_hand_written_paused_run_resumes_on_a_spec_change(
     alone (B3), and the next change of desiredState is acted on.
     """
     cluster.apply(simulated_run("by-hand", [sim("a"), sim("b", dependsOn=["a"])]))
-    cluster.patch_status(
-        "by-hand",
-        {
-            "phase": "Paused",
-            "pauseReason": "by hand",
-            "createdAt": ts(-60),
-            "startedAt": ts(-50),
-            "checkpoint": {
-                "completedNodes": ["a"],
-                "pendingNodes": ["b"],
-                "nodeOutputs": {"a": {"status": "completed"}},
-                "nodeAttempts": {"a": 1},
-            },
-        },
-    )
+    cluster.patch_status("by-hand", paused_by_hand())
     written = cluster.status("by-hand")
     operators()
     canary(cluster)  # the operator listed every run before it created this one

@@ -15,20 +15,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from support import Cluster, OperatorProcess, sim, simulated_run, wait_for
+from support import Cluster, OperatorProcess, paused_by_hand, sim, simulated_run, ts, wait_for
 
 RESTART_DETAIL = "automation run interrupted by server restart"
 PAUSING_SETTLED = "automation run settled to paused after server restart"
-
-
-def ts(offset_seconds: float = 0.0) -> str:
-    """An RFC 3339 UTC timestamp with milliseconds, ``offset_seconds`` from now."""
-    moment = datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def lifecycle(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -291,25 +284,12 @@ def test_paused_and_awaiting_runs_are_not_written_on_restart(
     awaiting = simulated_run("awaiting", [sim("a"), gate, sim("b", dependsOn=["review"])])
     cluster.apply(paused, awaiting)
     artifact = {"path": "out/report.md", "contentDigest": "sha256:abc", "validated": True}
-    cluster.patch_status(
-        "paused",
-        {
-            "phase": "Paused",
-            "pauseReason": "by hand",
-            "createdAt": ts(-60),
-            "startedAt": ts(-50),
-            "checkpoint": {
-                "completedNodes": ["a"],
-                "pendingNodes": ["b"],
-                "nodeAttempts": {"a": 1},
-                "nodeOutputs": {"a": {"status": "completed", "artifact": artifact}},
-                "lifecycleHistory": [
-                    {"event": "run_paused", "recordedAt": ts(-40), "reason": "by hand"}
-                ],
-            },
-            "automationSnapshot": paused["spec"]["automation"],
-        },
-    )
+    by_hand = paused_by_hand(artifact=artifact)
+    by_hand["checkpoint"]["lifecycleHistory"] = [
+        {"event": "run_paused", "recordedAt": ts(-40), "reason": "by hand"}
+    ]
+    by_hand["automationSnapshot"] = paused["spec"]["automation"]
+    cluster.patch_status("paused", by_hand)
     cluster.patch_status(
         "awaiting",
         {
