@@ -79,6 +79,66 @@ def _latency_row(label: str, data: Mapping[str, Any] | None) -> str:
     )
 
 
+def _containers_section(c: Mapping[str, Any]) -> list[str]:
+    """Scenario 6: the throughput flow with container nodes against the same flow simulated."""
+    lines = ["", "## 6. Container nodes on kwok", ""]
+    if c.get("error"):
+        return [*lines, f"Not measured: the scenario failed ({c['error']})."]
+    if not c:
+        return [*lines, "Not measured."]
+    sim = c.get("simulated") or {}
+    box = c.get("container") or {}
+    ratios = c.get("ratio") or {}
+
+    def row(label: str, key: str, digits: int = 2, ratio_key: str | None = None) -> str:
+        cell = f"{_fmt(ratios.get(ratio_key), 3)}×" if ratio_key else ""
+        return f"| {label} | {_fmt(sim.get(key), digits)} | {_fmt(box.get(key), digits)} | {cell} |"
+
+    def p50(batch: Mapping[str, Any]) -> str:
+        return _fmt(_get(batch, "create_to_done", "p50_ms"), 0)
+
+    def reads(batch: Mapping[str, Any]) -> str:
+        per = batch.get("pod_reads_per_attempt") or {}
+        return ", ".join(f"{k} {_fmt(v, 2)}" for k, v in per.items()) or "n/a"
+
+    return [
+        *lines,
+        f"- {_fmt(c.get('runs'))} runs of {_fmt(c.get('nodes_per_run'))} Task nodes per "
+        f"batch, TANDEM_SCHEDULER_MAX_CONCURRENT_RUNS={_fmt(c.get('max_concurrent_runs'))}; "
+        f"container nodes run one Pod per attempt on {_fmt(c.get('fake_nodes'))} kwok Nodes "
+        f"(Pods end {c.get('pod_delay', '?')} after they start; node components ready in "
+        f"{_fmt(c.get('nodes_ready_s'), 1)} s). Completed / failed: simulated "
+        f"{_fmt(sim.get('completed'))} / {_fmt(sim.get('failed'))}, container "
+        f"{_fmt(box.get('completed'))} / {_fmt(box.get('failed'))}.",
+        "",
+        "| per batch | simulated | container | container ÷ simulated |",
+        "|---|---|---|---|",
+        row("runs/min", "runs_per_minute", 1, "runs_per_minute"),
+        f"| create → Completed p50 ms | {p50(sim)} | {p50(box)} | "
+        f"{_fmt(ratios.get('create_to_done_p50'), 3)}× |",
+        row("operator CPU ms per run", "operator_cpu_ms_per_run", 2, "operator_cpu_per_run"),
+        row("attempts per run", "attempts_per_run", 3),
+        row("status writes per run", "status_writes_per_run", 3),
+        row("API writes per attempt (status + Pods)", "api_writes_per_attempt", 3),
+        row("Pods created per attempt", "pods_created_per_attempt", 3),
+        row("scheduler + kwok writes per attempt", "cluster_writes_per_attempt", 3),
+        row("Events posted per run", "events_posted_per_run", 3),
+        row(
+            "kwok + scheduler + controller-manager CPU ms per run",
+            "node_components_cpu_ms_per_run",
+            2,
+        ),
+        "",
+        f"- API writes per container attempt − per simulated attempt: "
+        f"**{_fmt(ratios.get('extra_api_writes_per_attempt'), 3)}** (of which status writes "
+        f"{_fmt(ratios.get('extra_status_writes_per_attempt'), 3)}); the container batch's "
+        f"operator writes {box.get('api_writes', {})}, Pods left after the batch "
+        f"{_fmt(box.get('pods_left'))}.",
+        f"- Pod reads per container attempt (all clients): {reads(box)}.",
+        _load_line(box.get("cpu_seconds")),
+    ]
+
+
 def render_markdown(
     results: Mapping[str, Any], goals: Sequence[Goal], *, plots: Sequence[str] = ()
 ) -> str:
@@ -205,6 +265,7 @@ def render_markdown(
         f"{_fmt(_get(tp, 'cpu_seconds', 'operator'))} s of {_fmt(_get(tp, 'cpu_seconds', 'wall'))}"
         " s wall.",
         _load_line(tp.get("cpu_seconds")),
+        *_containers_section(r.get("containers") or {}),
     ]
     profiles = r.get("profiles") or {}
     if profiles:
@@ -283,4 +344,19 @@ def write_plots(results: Mapping[str, Any], directory: Path, *, stem: str) -> li
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         save(fig, key.replace("_", "-"))
+    batches = [
+        (label, series)
+        for label, key in (("simulated", "simulated"), ("container", "container"))
+        if (series := _get(results, "containers", key, "series", "completed_over_time"))
+    ]
+    if batches:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for label, series in batches:
+            ax.plot([p[0] for p in series], [p[1] for p in series], label=label)
+        ax.set_title("Container nodes on kwok vs simulated")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("runs completed")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        save(fig, "containers")
     return written

@@ -9,7 +9,9 @@ Environment:
 - ``BENCH_RESULTS``: output directory (default ``bench/results``).
 
 The run starts its own etcd + kube-apiserver in a temporary directory (``devcluster``),
-installs the CRDs, measures, and stops everything again. Results land in
+installs the CRDs, measures, and stops everything again; the last scenario
+(``bench.containers``) adds kwok, kube-scheduler and kube-controller-manager for its own
+duration. Results land in
 ``<results>/<date>-<scale>.json`` and ``.md``, plus PNG plots when matplotlib is installed
 (``pip install -e '.[bench]'``). Operator logs stay in a temporary directory printed at
 the end, for post-mortems.
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios, workload
+from bench import containers, scenarios, workload
 from bench.kube import Kube
 from bench.procs import REPO, py_spy
 from bench.report import render_markdown, write_plots
@@ -168,6 +170,17 @@ async def _measure(
     results["at_rest"] = await timed("at_rest", scenarios.at_rest(bench, scale))
     results["throughput"] = await timed("throughput", scenarios.throughput(bench, scale))
     results["churn"] = await timed("churn", scenarios.churn(bench, scale))
+    # Last, and on its own: it starts kwok, kube-scheduler and kube-controller-manager next
+    # to the API server (and stops them), which none of the scenarios above expects. A
+    # failure here (e.g. node binaries missing) is recorded instead of losing the whole run.
+    try:
+        results["containers"] = await timed(
+            "container_throughput",
+            containers.container_throughput(bench, scale, plane=plane),
+        )
+    except Exception as exc:
+        bench.say(f"Scenario container_throughput failed: {exc!r}")
+        results["containers"] = {"error": repr(exc)[:2000]}
     goals = evaluate_goals(results)
     if profile != "0" and py_spy() is not None:
         missed = {g.name for g in goals if g.met is False}

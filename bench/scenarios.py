@@ -1,4 +1,4 @@
-"""The five measurements, each in its own namespace of one shared control plane.
+"""The measurements, each in its own namespace of one shared control plane.
 
 1. ``raw_patch`` (and, inside ``latency``, ``_raw_reactor``): what the API server does for
    a minimal client (``bench.kube``), the denominators of every ratio;
@@ -12,7 +12,9 @@
 6. ``churn``: runs created, finished and deleted by their time to live
    (``ttlSecondsAfterFinished: 1``), in a warm-up batch and then a measured one: the
    operator's RSS after the measured batch against after the warm-up (memory must not grow
-   with the runs that came and went).
+   with the runs that came and went);
+7. ``container_throughput`` (``bench.containers``): the throughput flow with container
+   nodes, one Pod per attempt on kwok's fake Nodes, against the same flow simulated.
 
 Every scenario returns a JSON-ready dict. API writes are counted by the API server itself
 (``apiserver_request_total`` deltas from ``/metrics``), CPU and memory from ``/proc``; the
@@ -63,6 +65,8 @@ class Scale:
     throughput_max_concurrent: int = 50
     churn_warmup_runs: int = 300
     churn_runs: int = 2000
+    container_runs: int = 50
+    """Three-node runs in each batch (simulated, container) of ``bench.containers``."""
 
 
 SCALES = {
@@ -77,6 +81,7 @@ SCALES = {
         throughput_runs=20,
         churn_warmup_runs=50,
         churn_runs=100,
+        container_runs=6,
     ),
     "quick": Scale(
         name="quick",
@@ -87,6 +92,7 @@ SCALES = {
         rest_runs=1000,
         rest_window_seconds=60,
         throughput_runs=200,
+        container_runs=50,
     ),
     "full": Scale(
         name="full",
@@ -97,6 +103,7 @@ SCALES = {
         rest_runs=10000,
         rest_window_seconds=120,
         throughput_runs=1000,
+        container_runs=200,
     ),
 }
 
@@ -138,6 +145,7 @@ class Bench:
         text = await self.kube.metrics()
         metric = "apiserver_request_total"
         runs = {"resource": "automationruns", "group": "automation.tandem.dev"}
+        pods = {"resource": "pods", "group": ""}
         return {
             "status_patch": counter_sum(
                 text, metric, {**runs, "verb": "PATCH", "subresource": "status"}, group_by="code"
@@ -146,6 +154,17 @@ class Bench:
             "event_post": counter_sum(text, metric, {"resource": "events", "verb": "POST"}),
             "event_patch": counter_sum(text, metric, {"resource": "events", "verb": "PATCH"}),
             "lease": counter_sum(text, metric, {"resource": "leases"}),
+            # Pods (the container scenario): every verb on the resource itself; creates by
+            # code; what the scheduler (binding) and kwok (status) write about them.
+            "pod_request": counter_sum(text, metric, {**pods, "subresource": ""}, group_by="verb"),
+            "pod_create": counter_sum(
+                text, metric, {**pods, "subresource": "", "verb": "POST"}, group_by="code"
+            ),
+            "pod_delete": counter_sum(
+                text, metric, {**pods, "subresource": "", "verb": "DELETE"}, group_by="code"
+            ),
+            "pod_binding": counter_sum(text, metric, {**pods, "subresource": "binding"}),
+            "pod_status": counter_sum(text, metric, {**pods, "subresource": "status"}),
         }
 
     async def delta(self, before: dict[str, dict[str, float]]) -> dict[str, dict[str, int]]:

@@ -159,11 +159,12 @@ def counter_sum(
     """Sum of the samples of ``name`` whose labels include ``labels``.
 
     Without ``group_by`` the result is ``{"total": sum}``; with it, one sum per value of that
-    label (e.g. per HTTP ``code``) plus ``"total"``.
+    label (e.g. per HTTP ``code``) plus ``"total"``. As in Prometheus, an empty wanted value
+    also matches a sample without that label (``subresource=""``: the resource itself).
     """
     sums: dict[str, float] = {"total": 0.0}
     for sample_labels, value in metric_samples(text, name):
-        if any(sample_labels.get(k) != v for k, v in labels.items()):
+        if any(sample_labels.get(k, "") != v for k, v in labels.items()):
             continue
         sums["total"] += value
         if group_by is not None:
@@ -295,6 +296,11 @@ def at_most(name: str, measured: float | None, maximum: float, *, unit: str) -> 
     return Goal(name=name, target=f"<= {maximum:g} {unit}", measured=measured, unit=unit, met=met)
 
 
+def exactly(name: str, measured: float | None, expected: float, *, unit: str) -> Goal:
+    met = None if measured is None else math.isclose(measured, expected, abs_tol=1e-9)
+    return Goal(name=name, target=f"= {expected:g} {unit}", measured=measured, unit=unit, met=met)
+
+
 def _get(data: Mapping[str, Any], *path: str) -> Any:
     node: Any = data
     for key in path:
@@ -322,6 +328,23 @@ def write_share(results: Mapping[str, Any]) -> float | None:
     if not per_minute or not writes or not raw:
         return None
     return round(float(per_minute) / 60 * float(writes) / float(raw), 3)
+
+
+POD_WRITES_PER_ATTEMPT = 2.0
+"""What the container executor may add to an attempt's API writes: one Pod create and one
+Pod delete (C1: one Pod per attempt; ``TANDEM_POD_KEEP_SECONDS=0`` deletes it as soon as
+its result is read). The result reaches the run through the same outcome and status write
+as a simulated node's, so the status writes per attempt should not change."""
+
+
+def container_extra_writes(results: Mapping[str, Any]) -> float | None:
+    """API writes per container attempt minus those per simulated attempt of the same flow,
+    both measured in the container scenario."""
+    container = _get(results, "containers", "container", "api_writes_per_attempt")
+    simulated = _get(results, "containers", "simulated", "api_writes_per_attempt")
+    if container is None or simulated is None:
+        return None
+    return round(float(container) - float(simulated), 3)
 
 
 def evaluate_goals(results: Mapping[str, Any]) -> list[Goal]:
@@ -389,5 +412,17 @@ def evaluate_goals(results: Mapping[str, Any]) -> list[Goal]:
             _get(results, "throughput", "runs_per_minute"),
             1000,
             unit="runs/min",
+        ),
+        exactly(
+            "Pods created per container attempt",
+            _get(results, "containers", "container", "pods_created_per_attempt"),
+            1.0,
+            unit="pods",
+        ),
+        at_most(
+            "API writes per container attempt - per simulated attempt",
+            container_extra_writes(results),
+            POD_WRITES_PER_ATTEMPT,
+            unit="writes",
         ),
     ]

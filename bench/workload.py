@@ -3,7 +3,10 @@
 Three flows, all with simulated executors so that no agent is involved:
 
 * ``chain``: three Task nodes ``a → b → c`` that complete at once (``afterSeconds: 0``),
-  the throughput workload;
+  the throughput workload; ``container_chain`` is the same flow with every node run by the
+  container executor, one Pod per attempt on the control plane's fake Nodes (kwok ends
+  each Pod with a valid result, scripted by the ``tandem.test/*`` Pod annotations that the
+  executor copies from ``podAnnotations``);
 * ``gated``: Approval node ``review`` then Task ``ship``, the reaction-latency workload
   (the operator admits the run and opens the gate in its first write, a decision sends it
   back to Running);
@@ -23,11 +26,13 @@ the gated flow, so the raw client's round trips carry the same bytes as the oper
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from tandem_operator.api.models import AutomationRunSpec, AutomationRunStatus
 from tandem_operator.api.settings import Settings
+from tandem_operator.devcluster.nodes import POD_DELAY, POD_TERMINATION_MESSAGE
 from tandem_operator.lifecycle.contract import Observation
 from tandem_operator.lifecycle.engine import decide
 from tandem_operator.runtime.kubeapi import merge_patch
@@ -57,6 +62,41 @@ def chain_flow() -> dict[str, Any]:
         "creatorId": "bench",
         "agents": [{"agentId": "agent"}],
         "nodes": [_sim("a"), _sim("b", dependsOn=["a"]), _sim("c", dependsOn=["b"])],
+    }
+
+
+CONTAINER_IMAGE = "registry.example.com/tandem-bench/agent:1"
+"""Never pulled: kwok plays the kubelet and only reads the Pod's annotations."""
+CONTAINER_RESULT = {"status": "completed", "output": {}}
+"""The termination message of every container node's Pod: the result a simulated node with
+``outcome: completed`` returns, so both flows record the same outputs."""
+
+
+def _box(node_id: str, *, delay: str, **extra: Any) -> dict[str, Any]:
+    annotations = {
+        POD_DELAY: delay,
+        POD_TERMINATION_MESSAGE: json.dumps(CONTAINER_RESULT, separators=(",", ":")),
+    }
+    node: dict[str, Any] = {
+        "id": node_id,
+        "agentId": "agent",
+        "executor": {"container": {"image": CONTAINER_IMAGE, "podAnnotations": annotations}},
+    }
+    node.update(extra)
+    return node
+
+
+def container_chain_flow(*, delay: str = "0s") -> dict[str, Any]:
+    """``chain_flow`` with container nodes whose Pods end ``delay`` after they start (a Go
+    duration kwok reads)."""
+    return {
+        "creatorId": "bench",
+        "agents": [{"agentId": "agent"}],
+        "nodes": [
+            _box("a", delay=delay),
+            _box("b", delay=delay, dependsOn=["a"]),
+            _box("c", delay=delay, dependsOn=["b"]),
+        ],
     }
 
 

@@ -20,11 +20,13 @@ from bench.stats import (
     at_least,
     at_most,
     bytes_per_item,
+    container_extra_writes,
     counter_delta,
     counter_sum,
     cpu_seconds,
     cpu_share,
     evaluate_goals,
+    exactly,
     hotspots,
     inclusive_share,
     machine_busy_seconds,
@@ -175,6 +177,16 @@ def test_counter_sum_filters_by_labels_and_groups_by_code() -> None:
     assert counter_sum(METRICS, "apiserver_request_total", {"resource": "pods"}) == {"total": 0.0}
 
 
+def test_an_empty_wanted_label_also_matches_a_sample_without_it() -> None:
+    text = (
+        'apiserver_request_total{code="201",resource="pods",verb="POST"} 3\n'
+        'apiserver_request_total{code="201",resource="pods",subresource="",verb="POST"} 2\n'
+        'apiserver_request_total{code="201",resource="pods",subresource="binding",verb="POST"} 4\n'
+    )
+    wanted = {"resource": "pods", "subresource": ""}
+    assert counter_sum(text, "apiserver_request_total", wanted) == {"total": 5.0}
+
+
 def test_counter_delta_covers_keys_of_either_scrape() -> None:
     before = {"total": 40.0, "200": 40.0}
     after = {"total": 45.0, "200": 44.0, "409": 1.0}
@@ -235,6 +247,17 @@ def results(**overrides: Any) -> dict[str, Any]:
             "cpu_seconds": {"operator": 30.0, "kube-apiserver": 100.0},
         },
         "baseline": {"patch": {"writes_per_s": 100.0}},
+        "containers": {
+            "runs": 50,
+            "nodes_per_run": 3,
+            "simulated": {"runs_per_minute": 900.0, "api_writes_per_attempt": 1.333},
+            "container": {
+                "runs_per_minute": 300.0,
+                "api_writes_per_attempt": 3.333,
+                "pods_created_per_attempt": 1.0,
+            },
+            "ratio": {"runs_per_minute": 0.333, "extra_api_writes_per_attempt": 2.0},
+        },
     }
     doc.update(overrides)
     return doc
@@ -246,11 +269,15 @@ def test_goal_bounds_are_inclusive() -> None:
     assert at_most("x", 1.5, 1.5, unit="x").met is True
     assert at_most("x", 1.51, 1.5, unit="x").met is False
     assert at_most("x", None, 1.5, unit="x").met is None
+    assert exactly("x", 1.0, 1.0, unit="pods").met is True
+    assert exactly("x", 1.02, 1.0, unit="pods").met is False
+    assert exactly("x", None, 1.0, unit="pods").met is None
+    assert exactly("x", 1.0, 1.0, unit="pods").target == "= 1 pods"
 
 
 def test_evaluate_goals_reads_every_measurement() -> None:
     goals = {g.name: g for g in evaluate_goals(results())}
-    assert len(goals) == 10
+    assert len(goals) == 12
     cpu = goals["operator CPU per run / kube-apiserver CPU per run (throughput)"]
     assert (cpu.measured, cpu.met) == (0.3, True)
     share = goals["throughput in status writes / raw PATCH writes"]
@@ -264,6 +291,20 @@ def test_evaluate_goals_reads_every_measurement() -> None:
     assert goals["RSS per tracked run at rest"].met is False
     assert goals["operator CPU at rest"].met is True
     assert goals["end-to-end throughput"].met is True
+    pods = goals["Pods created per container attempt"]
+    assert (pods.measured, pods.met) == (1.0, True)
+    extra = goals["API writes per container attempt - per simulated attempt"]
+    assert (extra.measured, extra.met) == (2.0, True)
+
+
+def test_container_writes_are_compared_with_the_simulated_flow() -> None:
+    doc = results()
+    doc["containers"]["container"]["api_writes_per_attempt"] = 4.5
+    assert container_extra_writes(doc) == 3.167
+    goal = next(g for g in evaluate_goals(doc) if g.name.startswith("API writes per container"))
+    assert goal.met is False
+    del doc["containers"]["simulated"]
+    assert container_extra_writes(doc) is None
 
 
 def test_missing_measurements_are_not_judged() -> None:
@@ -298,3 +339,13 @@ def test_markdown_report_shows_goals_and_verdicts() -> None:
     assert "![x-latency.png](x-latency.png)" in text
     # Sections without data still render, with n/a instead of numbers.
     assert "n/a" in text
+    assert "## 6. Container nodes on kwok" in text
+    assert "| runs/min | 900.0 | 300.0 | 0.333× |" in text
+    assert "| Pods created per container attempt | = 1 pods | 1.000 | met |" in text
+
+
+def test_markdown_report_says_when_the_container_scenario_failed() -> None:
+    doc = results(containers={"error": "ToolsError('no kwok')"})
+    text = render_markdown(doc, evaluate_goals(doc))
+    assert "Not measured: the scenario failed (ToolsError('no kwok'))." in text
+    assert "| Pods created per container attempt | = 1 pods | n/a | not measured |" in text
