@@ -35,7 +35,7 @@ from tandem_operator.api.settings import Settings
 from tandem_operator.devcluster.nodes import POD_DELAY, POD_TERMINATION_MESSAGE
 from tandem_operator.lifecycle.contract import Observation
 from tandem_operator.lifecycle.engine import decide
-from tandem_operator.runtime.kubeapi import merge_patch
+from tandem_operator.runtime.mergepatch import merge_patch
 
 API_VERSION = "automation.tandem.dev/v1alpha1"
 GATE = "review"

@@ -22,7 +22,8 @@ from tandem_operator.api.settings import Settings
 from tandem_operator.execution.registry import ExecutorContext, ExecutorRegistry, Target
 from tandem_operator.execution.types import AttemptRequest, AttemptResult, ExecutorActivity
 from tandem_operator.lifecycle.contract import Event
-from tandem_operator.runtime.kubeapi import ApiError, Conflict, Gone, Invalid, merge_patch
+from tandem_operator.runtime.kubeapi import ApiError, Conflict, Gone, Invalid
+from tandem_operator.runtime.mergepatch import merge_patch
 from tandem_operator.runtime.reconciler import Reconciler
 from tandem_operator.runtime.store import Store
 

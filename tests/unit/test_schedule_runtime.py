@@ -20,7 +20,8 @@ from fakes import FakeClock, apply_merge_patch, run_async
 from tandem_operator.api.settings import Settings
 from tandem_operator.lifecycle.clock import format_ms
 from tandem_operator.lifecycle.contract import Event
-from tandem_operator.runtime.kubeapi import Conflict, Gone, merge_patch
+from tandem_operator.runtime.kubeapi import Conflict, Gone
+from tandem_operator.runtime.mergepatch import merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.schedules import Schedules
 from tandem_operator.runtime.store import Store

@@ -127,26 +127,6 @@ def _segment(value: str, what: str) -> str:
     return quote(value, safe="")
 
 
-def merge_patch(old: Any, new: Any) -> Any:
-    """RFC 7386 merge patch that turns ``old`` into ``new`` (``None`` where nothing changes)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return None if old == new else new
-    patch: dict[str, Any] = {}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-            continue
-        if isinstance(value, dict) and isinstance(old[key], dict):
-            sub = merge_patch(old[key], value)
-            if sub:
-                patch[key] = sub
-        elif old[key] != value:
-            patch[key] = value
-    return patch
-
-
 def ssl_context(configuration: Any) -> ssl.SSLContext:
     """The TLS settings of a ``kubernetes.client.Configuration`` as an ``SSLContext``."""
     context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)

@@ -46,7 +46,8 @@ from tandem_operator.runtime.attempts import (
     follow_adopted,
     start_attempt,
 )
-from tandem_operator.runtime.kubeapi import Conflict, Gone, Invalid, merge_patch
+from tandem_operator.runtime.kubeapi import Conflict, Gone, Invalid
+from tandem_operator.runtime.mergepatch import merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.observation import definition_of, overrides_in, parse_run
 from tandem_operator.runtime.ports import Clock, EventSink, KubeClient, Membership, PodReader

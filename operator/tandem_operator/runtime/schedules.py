@@ -43,7 +43,8 @@ from tandem_operator.api.settings import Settings
 from tandem_operator.api.vocabulary import Phase, is_terminal
 from tandem_operator.lifecycle.clock import format_ms, parse_ms
 from tandem_operator.lifecycle.contract import Event
-from tandem_operator.runtime.kubeapi import Conflict, Gone, merge_patch
+from tandem_operator.runtime.kubeapi import Conflict, Gone
+from tandem_operator.runtime.mergepatch import merge_patch
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, EventSink
 from tandem_operator.runtime.store import CachedRun, RunKey, Store
