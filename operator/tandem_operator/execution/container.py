@@ -66,10 +66,10 @@ MAX_NAME = 63
 WATCH_SECONDS = 60
 """How long one watch request lasts before the executor reads the Pod and watches again."""
 READ_RETRIES = 30
+"""Seconds of failed reads of the Pod before the attempt is given up as a transient error."""
 STOP_WAIT_SECONDS = 90.0
 """How long a cancelled attempt waits for its deleted Pod to go (a kubelet gives a Pod 30 s
 by default; a Pod on a lost Node may never go, and then the wait gives up)."""
-"""Seconds of failed reads of the Pod before the attempt is given up as a transient error."""
 
 PodEvent = Literal["created", "adopted", "deleted"]
 
