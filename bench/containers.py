@@ -28,22 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from bench import scenarios, workload
-from bench.kube import Kube, RunWatcher, bounded
+from bench.alone import run_alone
+from bench.kube import RunWatcher, bounded
 from bench.stats import ratio, summarize
-from tandem_operator.cli.main import install_crds
 from tandem_operator.devcluster.controlplane import ControlPlane
-from tandem_operator.devcluster.tools import ensure_binaries, ensure_node_binaries
+from tandem_operator.devcluster.tools import ensure_node_binaries
 
 NODES_PER_RUN = 3
 POD_DELAY = "0s"
@@ -305,29 +301,10 @@ async def container_throughput(
 
 def main() -> int:
     """Only this scenario, on a control plane of its own; prints the result as JSON."""
-    scale = scenarios.SCALES[os.environ.get("BENCH_SCALE", "quick").strip() or "quick"]
-    workdir = Path(tempfile.mkdtemp(prefix="tandem-containers-"))
-    plane = ControlPlane(tools=ensure_binaries(), directory=workdir / "controlplane")
-    plane.start()
-    try:
-        install_crds(plane.kubeconfig)
-        time.sleep(5)  # new CRDs answer 429 while their storage initialises
-
-        async def go() -> dict[str, Any]:
-            async with Kube(plane.kubeconfig) as kube:
-                pids = {"kube-apiserver": plane.apiserver_pid or 0, "etcd": plane.etcd_pid or 0}
-                bench = scenarios.Bench(
-                    kube=kube,
-                    kubeconfig=plane.kubeconfig,
-                    workdir=workdir,
-                    control_plane_pids=pids,
-                )
-                return await container_throughput(bench, scale, plane=plane)
-
-        result = asyncio.run(go())
-    finally:
-        plane.stop()
-        shutil.rmtree(plane.etcd_data_dir, ignore_errors=True)
+    result, workdir = run_alone(
+        "tandem-containers-",
+        lambda bench, scale, plane: container_throughput(bench, scale, plane=plane),
+    )
     for batch in ("simulated", "container"):
         result[batch].pop("series", None)
     print(json.dumps(result, indent=1))
