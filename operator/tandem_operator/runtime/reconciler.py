@@ -327,16 +327,26 @@ class Reconciler:
         status: AutomationRunStatus,
         definition: AutomationSpec | None,
     ) -> None:
+        # Only runs that will be decided again at this very version keep their models:
+        # a run that runs (its outcomes come back; at most the capacity of them) always,
+        # a waiting one while there is room. A parked or finished run keeps none, so the
+        # room is not taken by runs that are done with.
+        if not _keeps_models(status):
+            self._parsed.pop(key, None)
+            return
+        if not (
+            key in self._parsed or holds_workspace(status.phase) or len(self._parsed) < MAX_PARSED
+        ):
+            return
         # The definition is reusable unless it came from the Automation cache.
         own_flow = status.automation_snapshot is not None or spec.automation is not None
-        if key in self._parsed or len(self._parsed) < MAX_PARSED:
-            self._parsed[key] = _Parsed(
-                resource_version=resource_version(stored),
-                body=stored,
-                spec=spec,
-                status=status,
-                definition=definition if own_flow else None,
-            )
+        self._parsed[key] = _Parsed(
+            resource_version=resource_version(stored),
+            body=stored,
+            spec=spec,
+            status=status,
+            definition=definition if own_flow else None,
+        )
 
     def _verdict(self, run: CachedRun, now_ms: int) -> QueueVerdict:
         """B9 for ``run`` as if it were Queued (it may be re-queued by this decision).

@@ -1,8 +1,12 @@
 """The work queue: which runs to reconcile, when, and never two reconciles of one run at once.
 
 As controller-runtime's work queue: a key kicked many times before its reconcile starts is
-reconciled once (``kick`` de-duplicates); each key has its own lock, so the reconciles of
-one run are serialised while different runs proceed concurrently; a reconcile that raised
+reconciled once (``kick`` de-duplicates), and a key kicked while its reconcile is under way
+is reconciled once more after it ends, however often it was kicked meanwhile (client-go's
+"dirty" set): one reconcile under way and at most one to follow, per key. So a burst of
+kicks (every freed slot kicks the whole admissible queue) costs one reconcile per run, not
+one per kick. Each key has its own lock besides, for reconciles that do not come through
+the queue; different runs proceed concurrently. A reconcile that raised
 (the API server unreachable, etcd down) is retried after ``retry_after_failure_ms``,
 doubled with each failure in a row up to ``MAX_RETRY_AFTER_FAILURE_MS``; and
 each key has at most one wake-up, the deadline its last decision returned
@@ -48,6 +52,11 @@ class WorkQueue:
         self._clock = clock
         self._retry_ms = retry_after_failure_ms
         self._pending: set[RunKey] = set()
+        """Kicked, reconcile not started yet."""
+        self._active: set[RunKey] = set()
+        """Reconcile under way."""
+        self._dirty: dict[RunKey, float] = {}
+        """Kicked while under way (when first kicked): reconciled again once it ends."""
         self._locks: dict[RunKey, asyncio.Lock] = {}
         self._wakeups: dict[RunKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,8 +70,14 @@ class WorkQueue:
         """Reconcile ``key`` soon, once, however many times it is kicked meanwhile."""
         if key in self._pending:
             return
+        if key in self._active:
+            self._dirty.setdefault(key, self._clock.monotonic())
+            return
+        self._start(key, self._clock.monotonic())
+
+    def _start(self, key: RunKey, kicked_at: float) -> None:
         self._pending.add(key)
-        self.spawn(self._run(key, self._clock.monotonic()), name=f"reconcile {key[0]}/{key[1]}")
+        self.spawn(self._run(key, kicked_at), name=f"reconcile {key[0]}/{key[1]}")
 
     def lock(self, key: RunKey) -> asyncio.Lock:
         """The lock that serialises ``key``'s reconciles."""
@@ -102,9 +117,12 @@ class WorkQueue:
 
     async def _run(self, key: RunKey, kicked_at: float) -> None:
         self._pending.discard(key)
+        self._active.add(key)
         try:
             await self._handler(key, kicked_at)
         except Exception:
+            # The back-off wake-up below is the retry; kicks meanwhile wait for it.
+            self._dirty.pop(key, None)
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
             log.exception("Reconcile failed run=%s/%s failures=%d", *key, failures + 1)
@@ -113,6 +131,11 @@ class WorkQueue:
                 self.wake_at(key, self._clock.now_ms() + delay)
         else:
             self._failures.pop(key, None)
+        finally:
+            self._active.discard(key)
+            again = self._dirty.pop(key, None)
+            if again is not None:
+                self._start(key, again)
         if not self.alive(key) and key not in self._pending:
             self.forget(key)
             self.gone(key)
@@ -120,7 +143,12 @@ class WorkQueue:
     def __len__(self) -> int:
         """Keys the queue keeps anything for (locks, wake-ups, pending kicks)."""
         return len(
-            self._locks.keys() | self._wakeups.keys() | self._pending | self._failures.keys()
+            self._locks.keys()
+            | self._wakeups.keys()
+            | self._pending
+            | self._active
+            | self._dirty.keys()
+            | self._failures.keys()
         )
 
     async def close(self) -> None:
