@@ -38,7 +38,7 @@ from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, WallClock
 from tandem_operator.runtime.reconciler import Reconciler
 from tandem_operator.runtime.schedules import Schedules
-from tandem_operator.runtime.store import KINDS, Store, object_key
+from tandem_operator.runtime.store import KINDS, RunKey, Store, object_key
 
 log = logging.getLogger(__name__)
 
@@ -184,27 +184,39 @@ class Controller:
 
         The watch streams fill the store one event at a time; a new leader that admitted a
         Queued run before it had seen the Running run holding the same workspace would
-        break the lock. So a leader lists the four kinds first and only then acts.
+        break the lock. So a leader lists the four kinds first and only then admits. Runs
+        are listed last; a run that holds a workspace is reconciled as soon as its page is
+        listed (its recovery reads no other run), every other run once all are listed.
         """
+        kicked: set[RunKey] = set()
         while self.leadership.is_leader and not self.reconciler.primed:
             try:
                 for kind in KINDS:
                     scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
+                    self.reconciler.workspaces_first = kind == "runs"
                     for namespace in scopes:
                         async for page in self.api.list_pages(
                             plural=_PLURALS[kind], namespace=namespace
                         ):
                             for item in page:
                                 self.store.observe(kind, item)
+                            if kind == "runs":
+                                self._kick_workspace_holders(page, kicked)
             except Exception as exc:
                 log.warning("Listing before acting failed, retrying error=%s", exc)
                 await asyncio.sleep(PRIME_RETRY_SECONDS)
                 continue
-            self.reconciler.primed = True
-        if self.reconciler.primed:
-            for key in list(self.store.runs):
+            if self.leadership.is_leader:
+                self.reconciler.primed_now(kicked)
+                self.schedules.resync()
+
+    def _kick_workspace_holders(self, page: list[dict[str, Any]], kicked: set[RunKey]) -> None:
+        for item in page:
+            key = object_key(item)
+            run = self.store.runs.get(key)
+            if run is not None and holds_workspace(run.phase) and key not in kicked:
+                kicked.add(key)
                 self.reconciler.kick(key)
-            self.schedules.resync()
 
     # -- the lifecycle tick --------------------------------------------------------------
 

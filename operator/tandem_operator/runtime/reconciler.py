@@ -108,17 +108,44 @@ class Reconciler:
         self.runner = AttemptRunner(self._on_outcome, clock=clock.now_ms, on_usage=self._on_usage)
         self.primed = False
         """True once this leader has listed every watched object."""
+        self.workspaces_first = False
+        """True once this leader has listed every kind but runs: a run that holds a
+        workspace (Running, Pausing) may be reconciled as soon as it is listed. Its decision
+        (B1, B2, outcomes, pause) reads no other run; only admission (B9) needs them all."""
         self.shutting_down = False
         self.due: dict[RunKey, int | None] = {}
         """Each run's next deadline from its last decision (absent: never decided here)."""
         self._admission = asyncio.Lock()
         self._parsed: dict[RunKey, _Parsed] = {}
+        self._deferred: set[RunKey] = set()
+        """Runs kicked while the runs were being listed, reconciled once all are."""
         self._http: aiohttp.ClientSession | None = None
 
     # -- what starts a reconcile ---------------------------------------------------------
 
     def kick(self, key: RunKey) -> None:
-        self.queue.kick(key)
+        # Until this leader has listed every watched object only runs that hold a
+        # workspace are reconciled, and once it has, it kicks every run itself: a kick
+        # taken before that would only hold the run's place in the queue, out of order.
+        if self.primed or (self.workspaces_first and self._holds_workspace(key)):
+            self.queue.kick(key)
+        elif self.workspaces_first:
+            self._deferred.add(key)
+
+    def primed_now(self, kicked: set[RunKey]) -> None:
+        """Every watched object is listed: reconcile every run not ``kicked`` while the
+        runs were listed, and those kicked since whose kicks had to wait."""
+        self.primed = True
+        self.workspaces_first = False
+        again = self._deferred
+        self._deferred = set()
+        for key in list(self.store.runs):
+            if key not in kicked or key in again:
+                self.kick(key)
+
+    def _holds_workspace(self, key: RunKey) -> bool:
+        run = self.store.runs.get(key)
+        return run is not None and holds_workspace(run.phase)
 
     def kick_admission(self) -> None:
         """Capacity or a workspace was freed: reconcile the runs admission now lets in."""
@@ -160,7 +187,9 @@ class Reconciler:
 
     async def reconcile(self, key: RunKey, kicked_at: float | None = None) -> None:
         """Decide and apply for one run; ``kicked_at`` (monotonic) is its first trigger."""
-        if not self.membership.is_leader or not self.primed:
+        if not self.membership.is_leader:
+            return
+        if not (self.primed or (self.workspaces_first and self._holds_workspace(key))):
             return
         async with self.queue.lock(key):
             for _ in range(MAX_CONFLICT_RETRIES):
@@ -462,6 +491,8 @@ class Reconciler:
 
     def lost_leadership(self) -> None:
         self.primed = False
+        self.workspaces_first = False
+        self._deferred.clear()
         self._parsed.clear()
         for key in list(self.store.runs):
             # Attempts that outlive this process (Pods) run on for the next leader (C5).

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from tandem_operator.api.models import AutomationRunSpec, AutomationRunStatus
 from tandem_operator.api.settings import Settings
-from tandem_operator.api.vocabulary import Phase, is_terminal
-from tandem_operator.lifecycle.clock import format_ms, parse_ms
+from tandem_operator.lifecycle.clock import parse_ms
 from tandem_operator.lifecycle.contract import Event
 from tandem_operator.runtime.kubeapi import Conflict, Gone
 from tandem_operator.runtime.mergepatch import merge_patch
@@ -49,7 +47,7 @@ from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, EventSink
 from tandem_operator.runtime.store import CachedRun, RunKey, Store
 from tandem_operator.runtime.workqueue import WorkQueue
-from tandem_operator.scheduling.retention import ttl_due
+from tandem_operator.scheduling.retention import expiry_ms
 from tandem_operator.scheduling.runs import ScheduledAutomation, ScheduledRun
 from tandem_operator.scheduling.schedules import (
     EVENT_MISSED,
@@ -109,15 +107,12 @@ def scheduled_run(run: CachedRun) -> ScheduledRun:
 
 def run_ttl_due(run: CachedRun, default_ttl_seconds: int | None) -> int | None:
     """B20b for a cached run: when it is to be deleted, or ``None`` to keep it."""
-    if run.finished_at_ms is None:
-        return None
-    spec = AutomationRunSpec.model_construct(ttl_seconds_after_finished=run.ttl_seconds)
-    if not is_terminal(run.phase):
-        return None
-    status = AutomationRunStatus.model_construct(
-        phase=cast(Phase, run.phase), finished_at=format_ms(run.finished_at_ms)
+    return expiry_ms(
+        ttl_seconds=run.ttl_seconds,
+        phase=run.phase,
+        finished_at_ms=run.finished_at_ms,
+        default_ttl_seconds=default_ttl_seconds,
     )
-    return ttl_due(spec, status, default_ttl_seconds)
 
 
 def _schedule_related(body: Mapping[str, Any]) -> bool:

@@ -52,12 +52,23 @@ def ttl_due(
     with a readable ``finishedAt`` have a deadline: it is that time plus the TTL, so it is the
     same after any restart. A run recovered out of its terminal phase (B14) has none again.
     """
-    ttl = spec.ttl_seconds_after_finished
-    if ttl is None:
-        ttl = default_ttl_seconds
-    if ttl is None or status.phase not in TERMINAL_PHASES:
+    return expiry_ms(
+        ttl_seconds=spec.ttl_seconds_after_finished,
+        phase=status.phase,
+        finished_at_ms=parse_ms(status.finished_at),
+        default_ttl_seconds=default_ttl_seconds,
+    )
+
+
+def expiry_ms(
+    *,
+    ttl_seconds: int | None,
+    phase: str | None,
+    finished_at_ms: int | None,
+    default_ttl_seconds: int | None,
+) -> int | None:
+    """:func:`ttl_due` over the four facts it reads (the store keeps them of every run)."""
+    ttl = ttl_seconds if ttl_seconds is not None else default_ttl_seconds
+    if ttl is None or phase not in TERMINAL_PHASES or finished_at_ms is None:
         return None
-    finished = parse_ms(status.finished_at)
-    if finished is None:
-        return None
-    return finished + ttl * 1000
+    return finished_at_ms + ttl * 1000
