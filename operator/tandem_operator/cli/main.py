@@ -272,13 +272,17 @@ async def _register_admission(
         log.info("Admission webhook registered name=%s url=%s", registration.name, registration.url)
         registered.set()
         break
+    # One client for every check: its connection stays open, so a check is one GET and
+    # not a kubeconfig parse and a TLS handshake every few seconds of an idle operator.
+    api: pykube.HTTPClient | None = None
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=ADMISSION_RECHECK_SECONDS)
         if stop.is_set():
             break
         try:
-            url = await asyncio.to_thread(_registered_url, kubeconfig, registration.name)
+            api = api or _client(kubeconfig)
+            url = await asyncio.to_thread(_registered_url, api, registration.name)
             if url is not None and url.startswith(registration.url + "/"):
                 continue
             if url is not None and await _url_answers(url):
@@ -297,9 +301,8 @@ async def _register_admission(
 ADMISSION_RECHECK_SECONDS = 5.0
 
 
-def _registered_url(kubeconfig: Path | None, name: str) -> str | None:
+def _registered_url(api: pykube.HTTPClient, name: str) -> str | None:
     """The URL the install's validating configuration calls; ``None`` when it has none."""
-    api = _client(kubeconfig)
     response = api.get(
         version="admissionregistration.k8s.io/v1", url=f"validatingwebhookconfigurations/{name}"
     )
