@@ -6,10 +6,10 @@ is reconciled once more after it ends, however often it was kicked meanwhile (cl
 "dirty" set): one reconcile under way and at most one to follow, per key. So a burst of
 kicks (every freed slot kicks the whole admissible queue) costs one reconcile per run, not
 one per kick. Each key has its own lock besides, for reconciles that do not come through
-the queue; different runs proceed concurrently, at most ``max_concurrent`` at once and in
-the order they were kicked (controller-runtime's ``MaxConcurrentReconciles``): a new
-leader that kicks every run starts writing after the first few decisions instead of
-deciding thousands of runs before the first write goes out. A reconcile that raised
+the queue; different runs proceed concurrently. There is no cap on how many: a reconcile
+that waits for a slot holds back the outcomes it would record, and runs that wait longer
+for their first decision find the capacity taken and are written Queued first, one more
+write each. A reconcile that raised
 (the API server unreachable, etcd down) is retried after ``retry_after_failure_ms``,
 doubled with each failure in a row up to ``MAX_RETRY_AFTER_FAILURE_MS``; and
 each key has at most one wake-up, the deadline its last decision returned
@@ -38,9 +38,6 @@ Handler = Callable[[RunKey, float], Awaitable[None]]
 RETRY_AFTER_FAILURE_MS = 2000
 MAX_RETRY_AFTER_FAILURE_MS = 300_000
 """A key that keeps failing is retried at most this far apart (5 minutes)."""
-MAX_CONCURRENT = 32
-"""Reconciles under way at once. A reconcile is a few milliseconds of CPU and one API round
-trip; 32 keep the API server's write path full on loopback and on a remote server alike."""
 CLOSE_SECONDS = 5.0
 WAKE_SLACK_SECONDS = 0.05
 """A wake-up fires this much after its deadline, so the rule finds its time has come."""
@@ -53,10 +50,8 @@ class WorkQueue:
         *,
         clock: Clock,
         retry_after_failure_ms: int = RETRY_AFTER_FAILURE_MS,
-        max_concurrent: int = MAX_CONCURRENT,
     ) -> None:
         self._handler = handler
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._clock = clock
         self._retry_ms = retry_after_failure_ms
         self._pending: set[RunKey] = set()
@@ -124,10 +119,6 @@ class WorkQueue:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: RunKey, kicked_at: float) -> None:
-        async with self._slots:
-            await self._run_now(key, kicked_at)
-
-    async def _run_now(self, key: RunKey, kicked_at: float) -> None:
         self._pending.discard(key)
         self._active.add(key)
         try:
