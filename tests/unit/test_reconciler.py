@@ -351,3 +351,31 @@ def test_merge_patch_carries_only_what_changed() -> None:
     old = {"phase": "Running", "detail": "x", "checkpoint": {"a": 1, "b": 2}}
     new = {"phase": "Running", "checkpoint": {"a": 1, "b": 3}}
     assert merge_patch(old, new) == {"detail": None, "checkpoint": {"b": 3}}
+
+
+@run_async
+async def test_while_the_runs_are_listed_only_runs_holding_a_workspace_are_reconciled() -> None:
+    """A new leader recovers Running runs page by page; admission waits for every run."""
+    w = world(nodes=2)
+    await w.reconcile()
+    await w.settle()
+    assert w.phase() == "Running"
+    other = (NS, "r2")
+    second = run_body()
+    second["metadata"] = {**second["metadata"], "name": other[1], "uid": "u-2"}
+    w.reconciler.store.observe("runs", w.api.put(second))
+    # A new leader's state while it lists the runs: nothing admitted, holders reconciled.
+    w.reconciler.primed = False
+    w.reconciler.workspaces_first = True
+    w.reconciler.kick(other)
+    await w.settle()
+    assert "status" not in w.api.objects[other]
+    w.kind.finish("n0")  # the Running run's outcome is recorded at once
+    await w.settle()
+    assert w.api.status()["checkpoint"]["nodeAttempts"] == {"n0": 1, "n1": 1}
+    writes = len([what for what in effects(w.log) if what == "patch"])
+    # Listed: the waiting run is reconciled (admitted), the one already reconciled is not.
+    w.reconciler.primed_now({KEY})
+    await w.settle()
+    assert w.api.objects[other]["status"]["phase"] == "Running"
+    assert len([what for what in effects(w.log) if what == "patch"]) == writes + 1
