@@ -39,14 +39,7 @@ def run_alone(prefix: str, scenario: Scenario) -> tuple[dict[str, Any], Path]:
 
         async def go() -> dict[str, Any]:
             async with Kube(plane.kubeconfig) as kube:
-                pids = {"kube-apiserver": plane.apiserver_pid or 0, "etcd": plane.etcd_pid or 0}
-                bench = scenarios.Bench(
-                    kube=kube,
-                    kubeconfig=plane.kubeconfig,
-                    workdir=workdir,
-                    control_plane_pids=pids,
-                )
-                return await scenario(bench, scale, plane)
+                return await scenario(scenarios.Bench.on(kube, plane, workdir), scale, plane)
 
         result = asyncio.run(go())
     finally:

@@ -109,13 +109,8 @@ def _etcd_version(etcd: Path) -> str:
 async def _measure(
     *, kube: Kube, plane: ControlPlane, scale: scenarios.Scale, workdir: Path, profile: str
 ) -> dict[str, Any]:
-    pids = {"kube-apiserver": plane.apiserver_pid or 0, "etcd": plane.etcd_pid or 0}
-    bench = scenarios.Bench(
-        kube=kube,
-        kubeconfig=plane.kubeconfig,
-        workdir=workdir,
-        control_plane_pids=pids,
-        templates=workload.raw_templates(now_s=time.time()),
+    bench = scenarios.Bench.on(
+        kube, plane, workdir, templates=workload.raw_templates(now_s=time.time())
     )
     version = await kube.version()
     results: dict[str, Any] = {

@@ -47,6 +47,7 @@ from bench.stats import (
     ratio,
     summarize,
 )
+from tandem_operator.devcluster.controlplane import ControlPlane
 
 CONCURRENCY = 8
 """Requests in flight for the raw client: the operator's kubeapi thread pool has 8 workers."""
@@ -118,6 +119,18 @@ class Bench:
     control_plane_pids: Mapping[str, int]
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+
+    @classmethod
+    def on(cls, kube: Kube, plane: ControlPlane, workdir: Path, **extra: Any) -> Bench:
+        """A Bench for ``plane``: its kubeconfig and the pids of its API server and etcd."""
+        pids = {"kube-apiserver": plane.apiserver_pid or 0, "etcd": plane.etcd_pid or 0}
+        return cls(
+            kube=kube,
+            kubeconfig=plane.kubeconfig,
+            workdir=workdir,
+            control_plane_pids=pids,
+            **extra,
+        )
 
     def say(self, message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"
