@@ -3,8 +3,9 @@
 Every handler is one call into ``runtime.controller.Controller``: watch events of the four
 kinds update its store and ask for reconciles; startup and cleanup start and stop it. The
 runtime (store, work queue, reconciler, leader election, the lifecycle tick, Events) lives
-in ``tandem_operator.runtime``; kopf's role is to list and watch, and to serve the
-admission webhook (``handlers.webhook``).
+in ``tandem_operator.runtime``; kopf's role is to list and watch. The admission webhook
+(``handlers.webhook``) has a server of its own (``handlers.webhook_server``) on the same
+loop, started before kopf like the metrics endpoint.
 
 kopf's own bookkeeping is kept under the project's annotation prefix, never in ``status``
 (which the structural schema would prune), and the handlers here are event handlers,
@@ -24,7 +25,7 @@ import kopf
 
 from tandem_operator.api.models import GROUP
 from tandem_operator.api.settings import Settings
-from tandem_operator.handlers import webhook
+from tandem_operator.handlers.webhook_server import serve_webhook
 from tandem_operator.runtime.controller import Controller
 from tandem_operator.runtime.kubeapi import LIST_PAGE_SIZE
 from tandem_operator.runtime.metrics import OperatorMetrics, serve_metrics
@@ -64,13 +65,9 @@ class WebhookOptions:
     cert_dir: Path
 
 
-def build_registry(
-    controller: Controller, *, webhook_options: WebhookOptions | None = None
-) -> kopf.OperatorRegistry:
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     """A registry whose handlers all feed ``controller``."""
     registry = kopf.OperatorRegistry()
-    if webhook_options is not None:
-        webhook.register(registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -93,14 +90,6 @@ def build_registry(
         # could take. The handlers only update the store and kick, so a worker is done at
         # once; a new one is cheap when the object's next event comes.
         settings.batching.idle_timeout = 0.1
-        if webhook_options is not None:
-            settings.admission.server = webhook.server(
-                addr=webhook_options.addr,
-                port=webhook_options.port,
-                host=webhook_options.host,
-                cert_dir=webhook_options.cert_dir,
-            )
-            settings.admission.managed = webhook.MANAGED_NAME
         controller.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -147,10 +136,18 @@ async def run_operator(
         metrics=metrics,
         namespaces=namespaces or None,
     )
-    registry = build_registry(controller, webhook_options=webhook_options)
+    registry = build_registry(controller)
     # /metrics on the operator's own loop (see runtime.metrics); port 0 turns it off.
     server = await serve_metrics(metrics, port=metrics_port) if metrics_port else None
+    admission = None
     try:
+        if webhook_options is not None:
+            admission = await serve_webhook(
+                addr=webhook_options.addr,
+                port=webhook_options.port,
+                host=webhook_options.host,
+                cert_dir=webhook_options.cert_dir,
+            )
         await kopf.operator(
             registry=registry,
             standalone=True,
@@ -160,5 +157,7 @@ async def run_operator(
             stop_flag=stop_flag,
         )
     finally:
+        if admission is not None:
+            await admission.stop()
         if server is not None:
             await server.cleanup()
