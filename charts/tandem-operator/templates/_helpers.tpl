@@ -67,7 +67,7 @@ The rules the operator needs in every namespace it serves. They are bound by a C
 when it watches all namespaces, and by a Role in each namespace of watchNamespaces.
 */}}
 {{- define "tandem-operator.operatorRules" -}}
-# The operator's watch streams (kopf lists, then watches, each kind) feed its caches: runs,
+# The operator's watch streams (each kind listed, then watched) feed its caches: runs,
 # the Automations they reference, AgentQuotaOverrides (B7 guardrail resume) and
 # AgentEndpoints (executors). `get` is for point reads of runs and Automations after a
 # write conflict or a cache miss.

@@ -1,9 +1,12 @@
 """kopf wiring: thin handlers that feed the controller, and nothing else.
 
-Every handler is one call into ``runtime.controller.Controller``: watch events of the four
-kinds update its store and ask for reconciles; startup and cleanup start and stop it. The
-runtime (store, work queue, reconciler, leader election, the lifecycle tick, Events) lives
-in ``tandem_operator.runtime``; kopf's role is to list and watch. The admission webhook
+Every handler is one call into ``runtime.controller.Controller``: watch events of
+Automations, AgentEndpoints and AgentQuotaOverrides update its store and ask for
+reconciles; startup and cleanup start and stop it. The runtime (store, work queue,
+reconciler, leader election, the lifecycle tick, Events, and the list and watch of
+AutomationRuns, the one kind with thousands of objects and an event per write) lives in
+``tandem_operator.runtime``; kopf's role is to list and watch the three small kinds, log
+in and run the operator's lifecycle. The admission webhook
 (``handlers.webhook``) has a server of its own (``handlers.webhook_server``) on the same
 loop, started before kopf like the metrics endpoint.
 
@@ -95,10 +98,6 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await controller.stop()
-
-    @kopf.on.event(GROUP, "automationruns", registry=registry)
-    async def run_event(event: Mapping[str, Any], **_: Any) -> None:
-        controller.run_event(event.get("object") or {}, deleted=event.get("type") == "DELETED")
 
     @kopf.on.event(GROUP, "automations", registry=registry)
     async def automation_event(event: Mapping[str, Any], **_: Any) -> None:

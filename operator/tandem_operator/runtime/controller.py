@@ -1,16 +1,17 @@
 """The controller: store, work queue, reconciler, leader election and timers, wired once.
 
-What kopf delivers (watch events of the four kinds) arrives here through thin handlers
-(``handlers.operator``); everything else the operator does starts here:
+Watch events arrive here: those of runs from the operator's own list and watch
+(``runtime.runwatch``), those of the three other kinds from kopf through thin handlers
+(``handlers.operator``). Everything else the operator does starts here:
 
 - **store** (``runtime.store``): the newest version of every watched object, and B9's
   admission index;
 - **work queue** (``runtime.workqueue``): kicks, per-run serialisation, each run's next
   deadline as a wake-up;
 - **reconciler** (``runtime.reconciler``): observation, ``decide``, one patch, effects;
-- **leader election** (``runtime.leader``): only the leader acts; a new leader lists every
-  watched object before acting (so a workspace lock holds across failover), then reconciles
-  every run;
+- **leader election** (``runtime.leader``): only the leader acts; a new leader lists the
+  other kinds and waits until the run watch has listed every run before it admits (so a
+  workspace lock holds across failover), then reconciles every run;
 - **schedules and retention** (``runtime.schedules``): plans of each Automation's schedule
   (B19, B20a) and the time to live of finished runs (B20b), fed by the same watch events;
 - **lifecycle tick**: every ``TANDEM_LIFECYCLE_TIMER_INTERVAL_SECONDS``, the runs whose
@@ -37,6 +38,7 @@ from tandem_operator.runtime.leader import Leadership, lease_name, new_identity
 from tandem_operator.runtime.metrics import OperatorMetrics
 from tandem_operator.runtime.ports import Clock, WallClock
 from tandem_operator.runtime.reconciler import Reconciler
+from tandem_operator.runtime.runwatch import RunWatch
 from tandem_operator.runtime.schedules import Schedules
 from tandem_operator.runtime.store import KINDS, RunKey, Store, object_key
 
@@ -115,9 +117,18 @@ class Controller:
         # Every change of a run reaches the schedules, also the ones the reconciler's own
         # writes bring (their watch events are echoes the store drops).
         self.store.on_run_change = self.schedules.run_changed
+        self.runs = RunWatch(
+            self.api,
+            namespaces=namespaces,
+            on_event=lambda body, deleted: self.run_event(body, deleted=deleted),
+            on_page=self._runs_listed,
+            known=lambda ns: self.store.runs_in(ns) if ns else list(self.store.runs),
+        )
+        self._kicked: set[RunKey] = set()
+        """Runs a new leader kicked because they hold a workspace, before it was primed."""
         self._background: set[asyncio.Task[None]] = set()
 
-    # -- watch events (from kopf) ----------------------------------------------------------
+    # -- watch events --------------------------------------------------------------------
 
     def run_event(self, body: Mapping[str, Any], *, deleted: bool) -> None:
         if not self.store.observe("runs", body, deleted=deleted):
@@ -149,6 +160,7 @@ class Controller:
     # -- start and stop ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._spawn(self.runs.run(), "run-watch")
         self._spawn(self.leadership.run(), "leadership")
         self._spawn(self._ticks(), "lifecycle-ticks")
         log.info(
@@ -180,42 +192,50 @@ class Controller:
             self.reconciler.lost_leadership()
 
     async def _prime_then_reconcile(self) -> None:
-        """List every watched object before acting, then reconcile all runs.
+        """List the other kinds, wait until every run is listed, then reconcile all runs.
 
-        The watch streams fill the store one event at a time; a new leader that admitted a
+        The watches fill the store one event at a time; a new leader that admitted a
         Queued run before it had seen the Running run holding the same workspace would
-        break the lock. So a leader lists the four kinds first and only then admits. Runs
-        are listed last; a run that holds a workspace is reconciled as soon as its page is
-        listed (its recovery reads no other run), every other run once all are listed.
+        break the lock. So a leader lists the other kinds first and waits for the run
+        watch's listing before it admits. A run that holds a workspace is reconciled as
+        soon as it is listed (its recovery reads no other run), every other run once all
+        are listed.
         """
-        kicked: set[RunKey] = set()
+        self._kicked = set()
         while self.leadership.is_leader and not self.reconciler.primed:
             try:
                 for kind in KINDS:
+                    if kind == "runs":
+                        continue
                     scopes: list[str | None] = [*self.namespaces] if self.namespaces else [None]
-                    self.reconciler.workspaces_first = kind == "runs"
                     for namespace in scopes:
                         async for page in self.api.list_pages(
                             plural=_PLURALS[kind], namespace=namespace
                         ):
                             for item in page:
                                 self.store.observe(kind, item)
-                            if kind == "runs":
-                                self._kick_workspace_holders(page, kicked)
             except Exception as exc:
                 log.warning("Listing before acting failed, retrying error=%s", exc)
                 await asyncio.sleep(PRIME_RETRY_SECONDS)
                 continue
-            if self.leadership.is_leader:
-                self.reconciler.primed_now(kicked)
+            if not self.leadership.is_leader:
+                return
+            self.reconciler.workspaces_first = True
+            self._kick_workspace_holders(list(self.store.runs))
+            await self.runs.listed.wait()
+            if self.leadership.is_leader and self.reconciler.workspaces_first:
+                self.reconciler.primed_now(self._kicked)
                 self.schedules.resync()
 
-    def _kick_workspace_holders(self, page: list[dict[str, Any]], kicked: set[RunKey]) -> None:
-        for item in page:
-            key = object_key(item)
+    def _runs_listed(self, page: list[dict[str, Any]]) -> None:
+        if self.leadership.is_leader and self.reconciler.workspaces_first:
+            self._kick_workspace_holders([object_key(item) for item in page])
+
+    def _kick_workspace_holders(self, keys: list[RunKey]) -> None:
+        for key in keys:
             run = self.store.runs.get(key)
-            if run is not None and holds_workspace(run.phase) and key not in kicked:
-                kicked.add(key)
+            if run is not None and holds_workspace(run.phase) and key not in self._kicked:
+                self._kicked.add(key)
                 self.reconciler.kick(key)
 
     # -- the lifecycle tick --------------------------------------------------------------

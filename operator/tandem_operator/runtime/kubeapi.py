@@ -1,16 +1,16 @@
-"""The operator's writes and point reads of the Kubernetes API.
+"""The operator's writes, reads and the watch of its runs on the Kubernetes API.
 
-kopf watches (it lists and streams every resource the operator reacts to). Everything the
-operator *writes* goes through this module (Events too): one JSON merge patch of ``status`` per
-decision, carrying ``metadata.resourceVersion`` so that the API server refuses it (409)
-when the object changed since it was read — the operator then re-reads and decides again
-instead of overwriting a newer checkpoint. Leases and Secret reads live here too.
+Everything the operator *writes* goes through this module (Events too): one JSON merge
+patch of ``status`` per decision, carrying ``metadata.resourceVersion`` so that the API
+server refuses it (409) when the object changed since it was read; the operator then
+re-reads and decides again instead of overwriting a newer checkpoint. The listing and the
+watch of runs (``runtime.runwatch``), Leases and Secret reads live here too.
 
 Two clients, one configuration:
 
-- The hot path — ``patch_status`` and ``get`` of the operator's custom objects, thousands
-  of calls when many runs move at once, and ``list_pages``, the paged listing a new leader
-  makes before acting — is plain HTTP over one ``aiohttp`` session on the event loop: the body is serialised once with ``json.dumps`` and the answer parsed once.
+- The hot path (``patch_status`` and ``get`` of the operator's custom objects, thousands
+  of calls when many runs move at once; paged listings; watches) is plain HTTP over
+  ``aiohttp`` on the event loop: a body is serialised once and an answer parsed once.
   At most ``workers`` (8) requests are in flight; every request has a total timeout, so an
   unreachable API server raises (the reconciler retries) instead of hanging.
 - The official ``kubernetes`` client stays the source of configuration and credentials
@@ -19,9 +19,8 @@ Two clients, one configuration:
   run in a small thread pool so the event loop stays free. Its per-call overhead (model
   serialisation, urllib3, the hand-off to a thread) is why the hot path does not use it.
 
-The bearer token is read from the configuration for every request, through the
-configuration's refresh hook, so a rotated ServiceAccount token is picked up as it is by
-the official client.
+The bearer token is read for every request, through the configuration's refresh hook: a
+rotated ServiceAccount token is used at once, as by the official client.
 
 Errors are the same on both paths: 409 raises :class:`Conflict`, 404 :class:`Gone`, any
 other refusal :class:`ApiError` with the status and the API server's message. Network
@@ -406,7 +405,7 @@ class KubeApi:
         except Conflict:
             return  # another Pod of that name now: not ours to delete
 
-    async def watch_pod(
+    def watch_pod(
         self,
         *,
         namespace: str,
@@ -415,24 +414,25 @@ class KubeApi:
         resource_version: str,
         timeout_seconds: int,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Watch events of one Pod (a field selector on its name and a label selector).
+        """Watch events of one Pod (a field selector on its name and a label selector)."""
+        query = {"fieldSelector": f"metadata.name={name}", "labelSelector": label_selector}
+        return self.watch(self._pods_path(namespace), query, resource_version, timeout_seconds)
+
+    async def watch(
+        self, path: str, query: Mapping[str, str], resource_version: str, timeout_seconds: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(type, object)`` of each event of a watch of ``path`` from ``resource_version``.
 
         Watches use a session of their own, outside the ``workers`` limit of the hot path:
-        each one holds a connection for up to ``timeout_seconds``.
+        each one holds a connection for up to ``timeout_seconds``. An event is one line of
+        any length (a run's status can be far longer than a stream reader's line limit).
         """
-        session = self._watch_http()
-        query = {
-            "watch": "1",
-            "fieldSelector": f"metadata.name={name}",
-            "labelSelector": label_selector,
-            "timeoutSeconds": str(timeout_seconds),
-        }
+        params = {**query, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
         if resource_version:
-            query["resourceVersion"] = resource_version
-        url = f"{self._base}{self._pods_path(namespace)}?{urlencode(query)}"
+            params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_connect=10)
-        async with session.get(
-            url,
+        async with self._watch_http().get(
+            f"{self._base}{path}?{urlencode(params)}",
             headers=self._headers(None),
             proxy=self._configuration.proxy or None,
             server_hostname=self._configuration.tls_server_name or None,
@@ -441,14 +441,13 @@ class KubeApi:
             if resp.status != 200:
                 message, reason = _status_message(await resp.read())
                 raise _api_error(resp.status, message, reason or resp.reason or "")
-            while True:
-                line = await resp.content.readline()
-                if not line:
-                    return
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                yield str(event.get("type") or ""), dict(event.get("object") or {})
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        yield str(event.get("type") or ""), dict(event.get("object") or {})
 
     def _watch_http(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -479,6 +478,12 @@ class KubeApi:
                 int(exc.status or 0), message or str(exc.reason or ""), reason or exc.reason or ""
             ) from exc
 
+    @staticmethod
+    def collection_path(plural: str, namespace: str | None) -> str:
+        """The path of a kind's objects in ``namespace``, or in every namespace."""
+        scope = f"namespaces/{_segment(namespace, 'namespace')}/" if namespace else ""
+        return f"/apis/{GROUP}/{VERSION}/{scope}{_segment(plural, 'resource')}"
+
     async def list_pages(
         self, *, plural: str, namespace: str | None, limit: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[list[dict[str, Any]]]:
@@ -487,10 +492,14 @@ class KubeApi:
         Pages keep the memory of a listing bounded: a caller that keeps only what it needs
         of each object never holds more than one page of whole objects.
         """
-        base = f"/apis/{GROUP}/{VERSION}/"
-        if namespace is not None:
-            base += f"namespaces/{_segment(namespace, 'namespace')}/"
-        base += _segment(plural, "resource")
+        async for items, _ in self.list_versioned(plural=plural, namespace=namespace, limit=limit):
+            yield items
+
+    async def list_versioned(
+        self, *, plural: str, namespace: str | None, limit: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """:meth:`list_pages` with the listing's resourceVersion, to watch from."""
+        base = self.collection_path(plural, namespace)
         token = ""
         while True:
             query = {"limit": str(limit)}
@@ -503,9 +512,11 @@ class KubeApi:
                 item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
                 item.setdefault("kind", _KINDS.get(plural, ""))
                 items.append(item)
-            token = str((page.get("metadata") or {}).get("continue") or "")
+            meta = page.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            version = str(meta.get("resourceVersion") or "")
             del page
-            yield items
+            yield items, version
             if not token:
                 return
 

@@ -431,7 +431,7 @@ class Reconciler:
     async def get_endpoint(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         body = self.store.endpoints.get((namespace, name))
         if body is None:
-            # The watch cache may not hold it yet (a fresh operator lists the four kinds
+            # The watch cache may not hold it yet (a fresh operator lists the kinds
             # concurrently): confirm with the API server before failing the attempt.
             try:
                 body = await self.api.get(plural="agentendpoints", namespace=namespace, name=name)

@@ -1,0 +1,102 @@
+"""The operator's list and watch of runs (``runtime.runwatch``) against the real API server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from support import Cluster, sim, simulated_run
+from test_kubeapi import configuration
+
+from tandem_operator.runtime import runwatch
+from tandem_operator.runtime.kubeapi import KubeApi
+from tandem_operator.runtime.store import RunKey
+
+
+class Recorder:
+    """What a RunWatch hands on: ``(name, deleted)`` in order, and the size of each page."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.pages: list[int] = []
+        self._changed = asyncio.Event()
+
+    def on_event(self, body: Mapping[str, Any], deleted: bool) -> None:
+        self.seen.append((body["metadata"]["name"], deleted))
+        self._changed.set()
+
+    async def until(self, *expected: tuple[str, bool], within: float = 30) -> None:
+        async def wait() -> None:
+            while not set(expected) <= set(self.seen):
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), within)
+
+
+def _watch(api: KubeApi, namespace: str, recorder: Recorder) -> runwatch.RunWatch:
+    def known(scope: str | None) -> list[RunKey]:
+        assert scope == namespace
+        # The store still holds a run that was deleted while nobody watched.
+        return [(namespace, "ghost"), (namespace, "a")]
+
+    return runwatch.RunWatch(
+        api,
+        namespaces=[namespace],
+        on_event=recorder.on_event,
+        on_page=lambda page: recorder.pages.append(len(page)),
+        known=known,
+    )
+
+
+def test_runs_are_listed_then_watched_and_runs_gone_meanwhile_are_deleted(
+    cluster: Cluster,
+) -> None:
+    for name in ("a", "b", "c"):
+        cluster.apply(simulated_run(name, [sim("x")]))
+    recorder = Recorder()
+
+    async def body() -> list[tuple[str, bool]]:
+        api = KubeApi(configuration=configuration(cluster.kube.kubeconfig))
+        watch = _watch(api, cluster.namespace, recorder)
+        task = asyncio.create_task(watch.run())
+        try:
+            await asyncio.wait_for(watch.listed.wait(), 30)
+            listed = list(recorder.seen)
+            assert sorted(listed) == [("a", False), ("b", False), ("c", False), ("ghost", True)]
+            assert recorder.pages == [3]
+            await asyncio.to_thread(cluster.apply, simulated_run("d", [sim("x")]))
+            await asyncio.to_thread(cluster.kubectl, "delete", "automationrun", "a", "--wait=false")
+            await asyncio.to_thread(cluster.kubectl, "label", "automationrun", "b", "touched=yes")
+            await recorder.until(("d", False), ("a", True))
+            await recorder.until(("b", False))
+            return recorder.seen[len(listed) :]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await api.aclose()
+
+    after = asyncio.run(body())
+    assert ("d", False) in after
+    assert ("a", True) in after
+    assert after.count(("b", False)) >= 1
+    assert ("c", True) not in after
+
+
+def test_a_watch_from_a_version_the_server_no_longer_keeps_lists_again(
+    cluster: Cluster,
+) -> None:
+    cluster.apply(simulated_run("a", [sim("x")]))
+
+    async def body() -> None:
+        api = KubeApi(configuration=configuration(cluster.kube.kubeconfig))
+        try:
+            watch = _watch(api, cluster.namespace, Recorder())
+            with pytest.raises(runwatch._Relist):
+                await asyncio.wait_for(watch._watch(cluster.namespace, "1"), 30)
+        finally:
+            await api.aclose()
+
+    asyncio.run(body())
