@@ -223,7 +223,8 @@ class Controller:
             self.reconciler.workspaces_first = True
             self._kick_workspace_holders(list(self.store.runs))
             await self.runs.listed.wait()
-            if self.leadership.is_leader and self.reconciler.workspaces_first:
+            leads = self.leadership.is_leader and self.reconciler.workspaces_first
+            if leads and not self.reconciler.primed:
                 self.reconciler.primed_now(self._kicked)
                 self.schedules.resync()
 

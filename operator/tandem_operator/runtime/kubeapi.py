@@ -24,8 +24,7 @@ rotated ServiceAccount token is used at once, as by the official client.
 
 Errors are the same on both paths: 409 raises :class:`Conflict`, 404 :class:`Gone`, any
 other refusal :class:`ApiError` with the status and the API server's message. Network
-errors and timeouts raise as the client raised them (on the hot path
-``aiohttp.ClientError`` or ``TimeoutError``).
+errors and timeouts raise as the client raised them (``aiohttp.ClientError``, ...).
 
 ``pykube-ng`` is the client of the command-line tools (see ``tandem_operator.cli``), which
 apply manifests and read runs for people.
@@ -423,9 +422,8 @@ class KubeApi:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(type, object)`` of each event of a watch of ``path`` from ``resource_version``.
 
-        Watches use a session of their own, outside the ``workers`` limit of the hot path:
-        each one holds a connection for up to ``timeout_seconds``. An event is one line of
-        any length (a run's status can be far longer than a stream reader's line limit).
+        On a session of its own, outside the ``workers`` limit: it holds a connection for
+        up to ``timeout_seconds``. An event is a line of any length (a run can be long).
         """
         params = {**query, "watch": "1", "timeoutSeconds": str(timeout_seconds)}
         if resource_version:
@@ -441,13 +439,16 @@ class KubeApi:
             if resp.status != 200:
                 message, reason = _status_message(await resp.read())
                 raise _api_error(resp.status, message, reason or resp.reason or "")
-            pending = b""
+            buffer = bytearray()
             async for chunk in resp.content.iter_any():
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
+                buffer += chunk
+                start = 0
+                while (end := buffer.find(b"\n", start)) >= 0:
+                    line, start = buffer[start:end], end + 1
                     if line.strip():
                         event = json.loads(line)
                         yield str(event.get("type") or ""), dict(event.get("object") or {})
+                del buffer[:start]
 
     def _watch_http(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -489,9 +490,8 @@ class KubeApi:
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Every object of a kind, in one namespace or all of them, ``limit`` at a time.
 
-        Pages keep the memory of a listing bounded: a caller that keeps only what it needs
-        of each object never holds more than one page of whole objects.
-        """
+        Pages bound a listing's memory: a caller that keeps only what it needs of each
+        object never holds more than one page of whole objects."""
         async for items, _ in self.list_versioned(plural=plural, namespace=namespace, limit=limit):
             yield items
 

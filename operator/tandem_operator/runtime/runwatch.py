@@ -75,21 +75,22 @@ class RunWatch:
         """The runs the store holds in a scope (``None``: all): what a listing may lack."""
         self.listed = asyncio.Event()
         self._pending = set(self.scopes)
+        self._versions: dict[str | None, str] = {}
+        """Per scope, the resourceVersion to watch from: the newest event's or bookmark's."""
 
     async def run(self) -> None:
         await asyncio.gather(*(self._scope(scope) for scope in self.scopes))
 
     async def _scope(self, namespace: str | None) -> None:
-        version = ""
         while True:
             try:
-                if not version:
-                    version = await self._list(namespace)
-                version = await self._watch(namespace, version)
+                if not self._versions.get(namespace):
+                    self._versions[namespace] = await self._list(namespace)
+                await self._watch(namespace, self._versions[namespace])
             except asyncio.CancelledError:
                 raise
             except _Relist:
-                version = ""
+                self._versions[namespace] = ""
             except Exception as exc:
                 log.warning(
                     "Watch of runs failed, retrying namespace=%s error=%s", namespace or "*", exc
@@ -113,7 +114,8 @@ class RunWatch:
             self.listed.set()
         return version
 
-    async def _watch(self, namespace: str | None, version: str) -> str:
+    async def _watch(self, namespace: str | None, version: str) -> None:
+        """One watch stream from ``version``; a stream that breaks resumes where it was."""
         path = KubeApi.collection_path(PLURAL, namespace)
         query = {"allowWatchBookmarks": "true"}
         try:
@@ -122,12 +124,12 @@ class RunWatch:
                     if obj.get("code") == 410:
                         raise _Relist
                     raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or ""))
-                meta = obj.get("metadata") or {}
-                version = str(meta.get("resourceVersion") or version)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self.on_event(obj, kind == "DELETED")
+                meta = obj.get("metadata") or {}
+                if meta.get("resourceVersion"):
+                    self._versions[namespace] = str(meta["resourceVersion"])
         except ApiError as exc:
             if exc.status == 410:
                 raise _Relist from exc
             raise
-        return version
