@@ -105,14 +105,23 @@ class RunWatch:
             version = version or page_version
             for item in page:
                 seen.add(object_key(item))
-                self.on_event(item, False)
+                self._hand_on(item, deleted=False)
             self.on_page(page)
         for key in [k for k in self.known(namespace) if k not in seen]:
-            self.on_event({"metadata": {"namespace": key[0], "name": key[1]}}, True)
+            self._hand_on({"metadata": {"namespace": key[0], "name": key[1]}}, deleted=True)
         self._pending.discard(namespace)
         if not self._pending:
             self.listed.set()
         return version
+
+    def _hand_on(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        """One run to the controller; a run it cannot take is logged and skipped, so that
+        one malformed object neither stops the watch nor is handed on again and again."""
+        try:
+            self.on_event(obj, deleted)
+        except Exception:
+            namespace, name = object_key(obj)
+            log.exception("Run event not handled namespace=%s name=%s", namespace, name)
 
     async def _watch(self, namespace: str | None, version: str) -> None:
         """One watch stream from ``version``; a stream that breaks resumes where it was."""
@@ -125,7 +134,7 @@ class RunWatch:
                         raise _Relist
                     raise ApiError(int(obj.get("code") or 0), str(obj.get("message") or ""))
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self.on_event(obj, kind == "DELETED")
+                    self._hand_on(obj, deleted=kind == "DELETED")
                 meta = obj.get("metadata") or {}
                 if meta.get("resourceVersion"):
                     self._versions[namespace] = str(meta["resourceVersion"])
