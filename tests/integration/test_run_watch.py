@@ -75,7 +75,7 @@ def test_runs_are_listed_then_watched_and_runs_gone_meanwhile_are_deleted(
             assert recorder.pages == [3]
             await asyncio.to_thread(cluster.apply, simulated_run("d", [sim("x")]))
             await asyncio.to_thread(cluster.kubectl, "delete", "automationrun", "a", "--wait=false")
-            # An event far longer than a stream reader's line limit (64 KiB) comes whole.
+            # An event of 200 KB, read from the stream in several chunks, comes whole.
             big = "x" * 200_000
             patch = tmp_path / "big.json"
             patch.write_text(json.dumps({"metadata": {"annotations": {"big": big}}}))
