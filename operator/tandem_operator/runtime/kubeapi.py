@@ -445,7 +445,7 @@ class KubeApi:
                 start = 0
                 while (end := buffer.find(b"\n", start)) >= 0:
                     line, start = buffer[start:end], end + 1
-                    if line.strip():
+                    if line and not line.isspace():
                         event = json.loads(line)
                         yield str(event.get("type") or ""), dict(event.get("object") or {})
                 del buffer[:start]

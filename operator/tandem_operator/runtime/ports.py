@@ -37,6 +37,18 @@ class KubeClient(Protocol):
     async def read_secret_key(self, *, namespace: str, name: str, key: str) -> str | None: ...
 
 
+class RunSource(Protocol):
+    """The listing and watch of runs (``runtime.runwatch``; ``KubeApi`` implements them)."""
+
+    def list_versioned(
+        self, *, plural: str, namespace: str | None
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]: ...
+
+    def watch(
+        self, path: str, query: Mapping[str, str], resource_version: str, timeout_seconds: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
+
 class PodReader(Protocol):
     """The Pod calls of C5 adoption (``runtime.kubeapi.KubeApi`` implements them)."""
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from tandem_operator.runtime.kubeapi import ApiError, KubeApi
+from tandem_operator.runtime.ports import RunSource
 from tandem_operator.runtime.store import RunKey, object_key
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ log = logging.getLogger(__name__)
 PLURAL = "automationruns"
 WATCH_SECONDS = 300
 RETRY_SECONDS = 1.0
-
-
-class _Api(Protocol):
-    def list_versioned(
-        self, *, plural: str, namespace: str | None
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]: ...
-
-    def watch(
-        self, path: str, query: Mapping[str, str], resource_version: str, timeout_seconds: int
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
 
 
 class _Relist(Exception):
@@ -58,7 +49,7 @@ class RunWatch:
 
     def __init__(
         self,
-        api: _Api,
+        api: RunSource,
         *,
         namespaces: list[str] | None,
         on_event: Callable[[Mapping[str, Any], bool], None],
