@@ -254,13 +254,6 @@ def test_decisions_fail_closed_and_the_rest_fails_open() -> None:
             f"{url}/stamp-decisions",
         ),
         (
-            "gate-decisions.automation.tandem.dev",
-            ["automationruns"],
-            "Fail",
-            [DECISIONS_CHANGED],
-            f"{url}/validate-run",
-        ),
-        (
             "runs.automation.tandem.dev",
             ["automationruns"],
             "Ignore",

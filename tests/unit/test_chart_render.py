@@ -658,8 +658,10 @@ def test_webhook_configurations_are_the_operators_own(helm: Path, namespaces: li
         assert _without_client_config(got) == _without_client_config(want)
         for hook, wanted in zip(got["webhooks"], want["webhooks"], strict=True):
             assert hook["clientConfig"] == wanted["clientConfig"]
+    (decisions,) = find(docs, "MutatingWebhookConfiguration", WEBHOOK_CONFIG)["webhooks"]
+    assert (decisions["failurePolicy"], decisions["reinvocationPolicy"]) == ("Fail", "IfNeeded")
     hooks = find(docs, "ValidatingWebhookConfiguration", WEBHOOK_CONFIG)["webhooks"]
-    assert [h["failurePolicy"] for h in hooks] == ["Fail", "Ignore", "Ignore"]
+    assert [h["failurePolicy"] for h in hooks] == ["Ignore", "Ignore"]
 
 
 def test_webhook_certificate_serves_the_service_and_restarts_pods_when_it_changes(

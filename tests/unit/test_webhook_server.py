@@ -107,6 +107,51 @@ def test_a_new_decision_is_stamped_with_the_requesting_user(tmp_path: Path) -> N
     _serve(tmp_path, scenario)
 
 
+def test_a_decision_is_checked_where_it_is_stamped(tmp_path: Path) -> None:
+    """One call decides a decision: a user off the allow-list, or an unknown gate, is
+    refused by the mutating review itself, with nothing stamped."""
+    guarded = {
+        "nodes": [
+            {"id": "draft"},
+            {
+                "id": "review",
+                "kind": "Approval",
+                "dependsOn": ["draft"],
+                "approval": {"approvers": {"users": ["carol"], "groups": ["ops"]}},
+            },
+        ]
+    }
+    old = _run({"automation": guarded})
+
+    def deciding(gate: str) -> dict[str, Any]:
+        return _run(
+            {"automation": guarded, "gateDecisions": [{"gate": gate, "decision": "approve"}]}
+        )
+
+    async def scenario(post: Post, _: webhook_server.WebhookServer) -> None:
+        for gate, user, problem in [
+            ("review", {"username": "bob", "groups": ["dev"]}, "user `bob` may not decide"),
+            ("nope", {"username": "alice", "groups": ["ops"]}, "`nope` is not an approval gate"),
+        ]:
+            review = _review("UPDATE", deciding(gate), old, user=user)
+            status, body = await post(STAMP_PATH, json.dumps(review).encode())
+            assert status == 200
+            response = body["response"]
+            assert (response["allowed"], response["status"]["code"]) == (False, 422)
+            assert problem in response["status"]["message"], response
+            assert "patch" not in response
+        # In the group on the list: allowed, and stamped with the user.
+        review = _review(
+            "UPDATE", deciding("review"), old, user={"username": "alice", "groups": ["ops"]}
+        )
+        status, body = await post(STAMP_PATH, json.dumps(review).encode())
+        assert body["response"]["allowed"] is True
+        patch = json.loads(base64.b64decode(body["response"]["patch"]))
+        assert [d["decidedBy"] for d in patch[0]["value"]] == ["alice"]
+
+    _serve(tmp_path, scenario)
+
+
 def test_refusals_carry_the_problems_and_code_422(tmp_path: Path) -> None:
     cyclic = {"nodes": [{"id": "a", "dependsOn": ["b"]}, {"id": "b", "dependsOn": ["a"]}]}
     unknown_gate = _run(
