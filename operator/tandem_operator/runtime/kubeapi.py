@@ -9,13 +9,13 @@ watch of runs (``runtime.runwatch``), Leases and Secret reads live here too.
 Two clients, one configuration:
 
 - The hot path (``patch_status`` and ``get`` of the operator's custom objects, thousands
-  of calls when many runs move at once; paged listings; watches) is plain HTTP over
-  ``aiohttp`` on the event loop: a body is serialised once and an answer parsed once.
+  of calls when many runs move at once; paged listings; watches; Secret reads) is plain
+  HTTP over ``aiohttp`` on the event loop: a body is serialised once and parsed once.
   At most ``workers`` (8) requests are in flight; every request has a total timeout, so an
   unreachable API server raises (the reconciler retries) instead of hanging.
 - The official ``kubernetes`` client stays the source of configuration and credentials
   (in-cluster ServiceAccount or kubeconfig: server, CA, client certificate, bearer token)
-  and makes the rare calls: Secret reads and Leases. It is synchronous; those calls
+  and makes the rare calls: Leases. It is synchronous; those calls
   run in a small thread pool so the event loop stays free. Its per-call overhead (model
   serialisation, urllib3, the hand-off to a thread) is why the hot path does not use it.
 
@@ -166,8 +166,7 @@ class KubeApi:
             api_client = kubernetes.client.ApiClient(configuration)
         self._client = api_client
         self._configuration: Any = api_client.configuration
-        self._custom = kubernetes.client.CustomObjectsApi(api_client)
-        self._core = kubernetes.client.CoreV1Api(api_client)
+        # Not CoreV1Api: importing it loads hundreds of models, half a second at start-up.
         self._coordination = kubernetes.client.CoordinationV1Api(api_client)
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kubeapi")
@@ -521,8 +520,9 @@ class KubeApi:
                 return
 
     async def read_secret_key(self, *, namespace: str, name: str, key: str) -> str | None:
-        secret = await self._call(self._core.read_namespaced_secret, name, namespace)
-        data = (secret.data or {}).get(key)
+        where = f"{_segment(namespace, 'namespace')}/secrets/{_segment(name, 'name')}"
+        secret = await self._request("GET", f"/api/v1/namespaces/{where}")
+        data = (secret.get("data") or {}).get(key)
         return base64.b64decode(data).decode() if data is not None else None
 
     # -- leases ---------------------------------------------------------------------
