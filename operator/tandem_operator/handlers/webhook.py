@@ -12,8 +12,8 @@ each served at its path by ``handlers.webhook_server``:
   decisions naming unknown gates or decisions the gate does not allow (B18d), the gate's
   ``approvers`` (B18b, groups as the API server authenticated them), and the inline flow.
   A refused decision is refused here, so a decision costs the API server one webhook call.
-- ``/validate-run`` (validating, AutomationRuns, every other request): ``lifecycle.validation``
-  - dependsOn cycles, rework targets that are not upstream of their gate.
+- ``/validate-run`` (validating, AutomationRuns, every other request): the flow checks of
+  ``lifecycle.validation``, dependsOn cycles and rework targets not upstream of their gate.
 - ``/validate-automation`` (validating, Automations): the flow checks, and a schedule's cron
   fields and time zone (B19b: a minute of 61 or a zone that does not exist), which the
   schema can only check for shape.
@@ -184,23 +184,26 @@ def stamp(request: Mapping[str, Any]) -> Verdict:
     username, _ = _user(request.get("userInfo") or {})
     spec = _spec(request.get("object"))
     stamped = stamp_decisions(spec, _spec(old) if old is not None else None, username)
-    checked = validate_run(
-        request
-        if stamped is None
-        else {**request, "object": {"spec": {**spec, "gateDecisions": stamped}}}
-    )
-    if not checked.allowed or stamped is None:
+    if stamped is None:
+        return _run_verdict(request, spec)
+    checked = _run_verdict(request, {**spec, "gateDecisions": stamped})
+    if not checked.allowed:
         return checked
     return Verdict(patch=[{"op": "add", "path": "/spec/gateDecisions", "value": stamped}])
 
 
 def validate_run(request: Mapping[str, Any]) -> Verdict:
     """``/validate-run``: the run's flow, its decisions and who wrote them (B18a, B18b, B18d)."""
+    return _run_verdict(request, _spec(request.get("object")))
+
+
+def _run_verdict(request: Mapping[str, Any], spec: Mapping[str, Any]) -> Verdict:
+    """``spec`` checked against the request's old object and user (``run_problems``)."""
     old = request.get("oldObject")
     old = old if isinstance(old, Mapping) else {}
     username, groups = _user(request.get("userInfo") or {})
     problems = run_problems(
-        _spec(request.get("object")),
+        spec,
         old_spec=old.get("spec"),
         status=old.get("status"),
         user=username,

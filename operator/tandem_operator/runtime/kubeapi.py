@@ -15,8 +15,8 @@ Two clients, one configuration:
   unreachable API server raises (the reconciler retries) instead of hanging.
 - The official ``kubernetes`` client stays the source of configuration and credentials
   (in-cluster ServiceAccount or kubeconfig: server, CA, client certificate, bearer token)
-  and makes the rare calls: Leases. It is synchronous; those calls
-  run in a small thread pool so the event loop stays free. Its per-call overhead (model
+  and makes the rare calls: Leases. It is synchronous; those calls run in a small thread
+  pool so the event loop stays free. Its per-call overhead (model
   serialisation, urllib3, the hand-off to a thread) is why the hot path does not use it.
 
 The bearer token is read for every request, through the configuration's refresh hook: a
